@@ -1,0 +1,37 @@
+"""The synthesis engine layer: requests in, async streams of mono PCM out.
+
+Knows nothing of HTTP, WebRTC or sockets. Every transport consumes the one
+contract in :mod:`cosyvoice.engine`.
+"""
+
+from cosyvoice.engine import (
+    Audio,
+    AudioStream,
+    Capabilities,
+    Engine,
+    Mode,
+    SynthesisRequest,
+)
+from cosyvoice.errors import (
+    EngineFailure,
+    EngineUnavailable,
+    InvalidRequest,
+    SynthesisError,
+    UnknownVoice,
+    UnsupportedMode,
+)
+
+__all__ = [
+    "Audio",
+    "AudioStream",
+    "Capabilities",
+    "Engine",
+    "EngineFailure",
+    "EngineUnavailable",
+    "InvalidRequest",
+    "Mode",
+    "SynthesisError",
+    "SynthesisRequest",
+    "UnknownVoice",
+    "UnsupportedMode",
+]

@@ -1,0 +1,255 @@
+"""The engine contract every transport consumes.
+
+A transport builds a :class:`SynthesisRequest`, asks an :class:`Engine` for an
+:class:`AudioStream` and iterates it. Chunks are float32 mono PCM in [-1, 1]
+at ``stream.sample_rate``; they are yielded as soon as the engine has them.
+Cancelling the stream (or leaving its ``async with`` block) stops the engine
+work behind it, not only the delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cosyvoice.errors import EngineUnavailable, InvalidRequest, UnknownVoice, UnsupportedMode
+
+MIN_SPEED = 0.25
+MAX_SPEED = 4.0
+
+
+class Mode(str, enum.Enum):
+    """Synthesis modes of the CosyVoice family (see the API contract, section 1)."""
+
+    SFT = "sft"
+    ZERO_SHOT = "zero_shot"
+    CROSS_LINGUAL = "cross_lingual"
+    INSTRUCT = "instruct"
+    INSTRUCT2 = "instruct2"
+    VC = "vc"
+
+
+@dataclass(frozen=True, eq=False)
+class Audio:
+    """Mono float32 samples with their rate: prompt or source audio for a request."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """What to say and how. Which fields matter depends on ``mode``.
+
+    ``voice`` names a built-in voice or a saved one; a saved voice also
+    supplies the prompt audio and transcript for the cloning modes.
+    """
+
+    text: str = ""
+    mode: Mode = Mode.SFT
+    voice: str | None = None
+    prompt_audio: Audio | None = None
+    prompt_text: str = ""
+    instruct_text: str = ""
+    source_audio: Audio | None = None
+    speed: float = 1.0
+    seed: int = 0
+    stream: bool = True
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the loaded engine can do; reported by health and voice routes."""
+
+    engine: str
+    model: str
+    modes: frozenset[Mode]
+    sample_rate: int
+    voices: tuple[str, ...]
+    default_voice: str | None
+    gpu: bool = False
+    languages: tuple[str, ...] = field(default=())
+
+
+Emit = Callable[[np.ndarray], Awaitable[None]]
+Producer = Callable[[Emit], Awaitable[None]]
+
+
+class _End:
+    """Queue marker: the producer finished."""
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+class AudioStream:
+    """A cancellable async iterator of PCM chunks.
+
+    The producer runs as its own task and starts at once, so the first chunk
+    is being made before the consumer asks for it; a small bounded queue lets
+    it work ahead by ``lookahead`` chunks and no further. ``cancel()`` is
+    synchronous so it can be called from ``finally`` blocks and callbacks: it
+    cancels the producer task, which frees the engine work at its next await.
+    """
+
+    def __init__(self, sample_rate: int, producer: Producer, *, lookahead: int = 2) -> None:
+        self.sample_rate = sample_rate
+        self._queue: asyncio.Queue[np.ndarray | _End | _Failure] = asyncio.Queue(maxsize=lookahead)
+        self._finished = False
+        self._task = asyncio.get_running_loop().create_task(_run_producer(producer, self._queue))
+
+    def __aiter__(self) -> AudioStream:
+        return self
+
+    async def __anext__(self) -> np.ndarray:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, _End):
+            self._finished = True
+            raise StopAsyncIteration
+        if isinstance(item, _Failure):
+            self._finished = True
+            raise item.error
+        return item
+
+    @property
+    def cancelled(self) -> bool:
+        return self._task.cancelled()
+
+    def cancel(self) -> None:
+        """Stop the work behind the stream and wake any waiting consumer."""
+        if self._finished:
+            return
+        self._finished = True
+        self._task.cancel()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(_End())
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> AudioStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        # A consumer that drops the stream without closing it must not leave
+        # the producer blocked on a full queue forever.
+        task = getattr(self, "_task", None)
+        if task is not None and not task.done() and not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+
+
+async def _run_producer(producer: Producer, queue: asyncio.Queue) -> None:
+    try:
+        await producer(queue.put)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # delivered to the consumer, which re-raises it
+        await queue.put(_Failure(error))
+    else:
+        await queue.put(_End())
+
+
+class Engine(ABC):
+    """A loaded text-to-speech engine.
+
+    Subclasses implement :meth:`start`, :meth:`close`, :attr:`capabilities`
+    and :meth:`_produce`; :meth:`synthesize` validates the request first, so
+    a bad request fails before any audio (and any HTTP header) is sent.
+    """
+
+    def __init__(self, *, max_text_chars: int = 4096) -> None:
+        self.max_text_chars = max_text_chars
+        self._ready = False
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def ready(self) -> bool:
+        """True once the engine is loaded and has answered a first request."""
+        return self._ready
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load models and start workers; sets :attr:`ready` when done."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop all work and free resources."""
+
+    async def probe(self) -> bool:
+        """A cheap liveness check behind the health route."""
+        return self._ready
+
+    def synthesize(self, request: SynthesisRequest) -> AudioStream:
+        """Validate ``request`` and start producing its audio."""
+        if not self._ready:
+            raise EngineUnavailable(f"engine '{self.capabilities.engine}' is not ready")
+        self.validate(request)
+        return AudioStream(self.capabilities.sample_rate, lambda emit: self._produce(request, emit))
+
+    @abstractmethod
+    async def _produce(self, request: SynthesisRequest, emit: Emit) -> None:
+        """Make the audio for a validated request, awaiting ``emit`` per chunk."""
+
+    def validate(self, request: SynthesisRequest) -> None:
+        """Raise :class:`InvalidRequest` (with a message for the client) if ``request`` cannot be served."""
+        caps = self.capabilities
+        if request.mode not in caps.modes:
+            supported = ", ".join(sorted(m.value for m in caps.modes))
+            raise UnsupportedMode(
+                f"mode '{request.mode.value}' is not supported by engine '{caps.engine}' "
+                f"(model '{caps.model}'); supported modes: {supported}"
+            )
+        if request.mode is not Mode.VC:
+            text = request.text.strip()
+            if not text:
+                raise InvalidRequest("text is empty")
+            if len(text) > self.max_text_chars:
+                raise InvalidRequest(
+                    f"text is {len(text)} characters long; the limit is {self.max_text_chars}"
+                )
+        if not MIN_SPEED <= request.speed <= MAX_SPEED:
+            raise InvalidRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}")
+        if request.seed < 0:
+            raise InvalidRequest("seed must be 0 (random) or a positive integer")
+        if request.mode in (Mode.SFT, Mode.INSTRUCT):
+            self.resolve_voice(request.voice)
+        needs_prompt = request.mode in (Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC)
+        if needs_prompt and request.prompt_audio is None and request.voice is None:
+            raise InvalidRequest(f"mode '{request.mode.value}' needs prompt audio or a saved voice")
+        if request.mode is Mode.ZERO_SHOT and request.voice is None and not request.prompt_text.strip():
+            raise InvalidRequest("mode 'zero_shot' needs prompt_text, the transcript of the prompt audio")
+        if request.mode in (Mode.INSTRUCT, Mode.INSTRUCT2) and not request.instruct_text.strip():
+            raise InvalidRequest(f"mode '{request.mode.value}' needs instruct_text")
+        if request.mode is Mode.VC and request.source_audio is None:
+            raise InvalidRequest("mode 'vc' needs source audio")
+
+    def resolve_voice(self, voice: str | None) -> str:
+        """The built-in voice to use for ``voice`` (None means the default)."""
+        caps = self.capabilities
+        if voice is None or voice == "":
+            if caps.default_voice is None:
+                raise InvalidRequest(f"engine '{caps.engine}' has no default voice; name one")
+            return caps.default_voice
+        if voice not in caps.voices:
+            raise UnknownVoice(f"unknown voice '{voice}'; available: {', '.join(caps.voices)}")
+        return voice

@@ -1,0 +1,88 @@
+"""``python -m gateway``: run the gateway server.
+
+Flags override the environment (``GATEWAY_<SECTION>_<KEY>``), which
+overrides the config file, which overrides the built-in defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import SettingsError, load_settings
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="CosyVoice real-time voice gateway")
+    parser.add_argument(
+        "--config",
+        help="TOML config file (default: $GATEWAY_CONFIG, else ./config.toml when it exists)",
+    )
+    parser.add_argument("--host", help="address to listen on")
+    parser.add_argument("--port", type=int, help="port to listen on")
+    parser.add_argument("--model_dir", "--model-dir", dest="model_dir", help="CosyVoice model directory")
+    parser.add_argument(
+        "--gpu", nargs="?", type=int, const=0, metavar="INDEX", help="run the engine on CUDA device INDEX (default 0)"
+    )
+    parser.add_argument("--data-dir", "--data_dir", dest="data_dir", help="where voices and other state live")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    return parser.parse_args(argv)
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The CLI flags as settings layers (only those given)."""
+    chosen = {
+        ("server", "host"): args.host,
+        ("server", "port"): args.port,
+        ("server", "log_level"): args.log_level,
+        ("engine", "model_dir"): args.model_dir,
+        ("engine", "device"): None if args.gpu is None else f"cuda:{args.gpu}",
+        ("paths", "data_dir"): args.data_dir,
+    }
+    overrides: dict[str, dict[str, Any]] = {}
+    for (section, key), value in chosen.items():
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def config_file(args: argparse.Namespace) -> str | None:
+    if args.config:
+        return args.config
+    if os.environ.get("GATEWAY_CONFIG"):
+        return os.environ["GATEWAY_CONFIG"]
+    return str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(config_file(args), overrides=flag_overrides(args))
+    except SettingsError as error:
+        sys.exit(f"error: {error}")
+    logging.basicConfig(
+        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app = create_app(settings)
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+    )
+
+
+if __name__ == "__main__":
+    main()

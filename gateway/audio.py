@@ -1,0 +1,72 @@
+"""Engine streams to HTTP responses: streamed bodies and whole-audio collection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from cosyvoice import AudioStream
+from media.containers import StreamEncoder
+
+
+class AudioStreamingResponse(StreamingResponse):
+    """Streams an engine stream through one encoder; always cancels the stream at the end.
+
+    Whatever ends the response (the last chunk, a client that went away, a
+    server shutdown), the engine work behind it stops.
+    """
+
+    def __init__(
+        self, stream: AudioStream, encoder: StreamEncoder, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.audio_stream = stream
+        super().__init__(_encoded(stream, encoder), media_type=encoder.media_type, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.audio_stream.cancel()
+
+
+async def _encoded(stream: AudioStream, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    try:
+        async for samples in stream:
+            data = encoder.encode(samples)
+            if data:
+                yield data
+        tail = encoder.finish()
+        if tail:
+            yield tail
+    finally:
+        stream.cancel()
+
+
+async def collect_audio(stream: AudioStream, request: Request) -> np.ndarray | None:
+    """All of a stream's audio, or None (engine work stopped) if the client left first."""
+    collector = asyncio.ensure_future(_concatenate(stream))
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not collector.done():
+            collector.cancel()
+            stream.cancel()
+    return None if collector.cancelled() else collector.result()
+
+
+async def _concatenate(stream: AudioStream) -> np.ndarray:
+    async with stream:
+        chunks = [samples async for samples in stream]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,29 @@
+"""Choose and build the engine the settings ask for."""
+
+from __future__ import annotations
+
+from cosyvoice import Engine
+from cosyvoice.embedded import EmbeddedEngine, EmbeddedOptions
+from gateway.settings import Settings
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The CosyVoice engine when a model directory is set, else the embedded CPU voice."""
+    clause_options = {
+        "first_clause_chars": settings.engine.first_clause_chars,
+        "clause_chars": settings.engine.clause_chars,
+        "max_chars": settings.engine.max_clause_chars,
+    }
+    if settings.engine.model_dir:
+        raise NotImplementedError("CosyVoice model directories are not supported yet")
+    embedded = settings.embedded
+    return EmbeddedEngine(
+        EmbeddedOptions(
+            workers=embedded.workers,
+            threads_per_worker=embedded.threads_per_worker,
+            voice_model=embedded.voice_model,
+            start_timeout=embedded.start_timeout,
+        ),
+        max_text_chars=settings.limits.max_text_chars,
+        clause_options=clause_options,
+    )

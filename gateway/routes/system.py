@@ -1,0 +1,30 @@
+"""Service identity and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from cosyvoice import Engine
+from gateway import NAME, __version__
+from gateway.dependencies import get_engine
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/")
+async def root() -> dict:
+    return {"name": NAME, "message": "CosyVoice gateway is running", "version": __version__}
+
+
+@router.get("/v1/health")
+async def health(request: Request, engine: Engine = Depends(get_engine)) -> JSONResponse:
+    """200 only when the engine is loaded and answering; 503 while loading or broken."""
+    caps = engine.capabilities
+    body = {"gpu": caps.gpu, "model": caps.model, "engine": caps.engine}
+    if engine.ready and await engine.probe():
+        return JSONResponse({"status": "ok", **body})
+    failure = request.app.state.engine_failure
+    if failure is not None:
+        return JSONResponse({"status": "error", "detail": failure, **body}, status_code=503)
+    return JSONResponse({"status": "loading", **body}, status_code=503, headers={"Retry-After": "1"})

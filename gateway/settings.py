@@ -1,0 +1,134 @@
+"""Settings: defaults < ``config.toml`` < ``GATEWAY_<SECTION>_<KEY>`` environment < CLI flags.
+
+Every setting lives in one section model below; ``config.toml`` at the
+project root documents each of them. Unknown sections or keys are errors, so
+a typo in a config file or an environment variable is caught at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "GATEWAY_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+
+
+class EngineSettings(Section):
+    model_dir: str = ""
+    device: str = "auto"
+    first_clause_chars: int = Field(10, ge=1)
+    clause_chars: int = Field(120, ge=1)
+    max_clause_chars: int = Field(240, ge=16)
+
+
+class EmbeddedSettings(Section):
+    workers: int = Field(2, ge=1, le=64)
+    threads_per_worker: int = Field(1, ge=1, le=64)
+    voice_model: str = ""
+    start_timeout: float = Field(60.0, gt=0)
+
+
+class PathSettings(Section):
+    data_dir: str = "data"
+    prompt_dir: str = ""
+
+
+class LimitSettings(Section):
+    max_text_chars: int = Field(4096, ge=1)
+
+
+class Settings(Section):
+    server: ServerSettings = ServerSettings()
+    engine: EngineSettings = EngineSettings()
+    embedded: EmbeddedSettings = EmbeddedSettings()
+    paths: PathSettings = PathSettings()
+    limits: LimitSettings = LimitSettings()
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.paths.data_dir).expanduser().resolve()
+
+
+class SettingsError(ValueError):
+    """A config file, environment variable or flag has a bad value."""
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Merge the layers into a validated :class:`Settings`.
+
+    ``overrides`` are CLI flags as ``{section: {key: value}}``.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, dict[str, Any]] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise SettingsError(f"cannot read config file {path}: {error}") from error
+    _merge(data, _from_environment(environ))
+    _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from error
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    sections = Settings.model_fields
+    found: dict[str, dict[str, Any]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            raise SettingsError(f"{name}: no settings section matches (sections: {', '.join(sections)})")
+        found.setdefault(section, {})[rest[len(section) + 1 :]] = _parse_env_value(value)
+    return found
+
+
+def _parse_env_value(value: str) -> Any:
+    """Lists and tables as JSON; scalars stay strings, which the models coerce."""
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except ValueError as error:
+            raise SettingsError(f"not valid JSON: {value!r}") from error
+    return value
+
+
+def _merge(into: dict[str, dict[str, Any]], layer: Mapping[str, Mapping[str, Any]]) -> None:
+    for section, values in layer.items():
+        if not isinstance(values, Mapping):
+            raise SettingsError(f"[{section}] must be a table of settings")
+        into.setdefault(section, {}).update(values)
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{where}: {item['msg']}")
+    return "invalid settings: " + "; ".join(problems)

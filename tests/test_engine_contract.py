@@ -1,0 +1,89 @@
+"""The AudioStream contract: early start, bounded lookahead, errors, and cancellation that stops the work."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from cosyvoice.engine import AudioStream
+
+
+class CountingProducer:
+    """A producer that records how far it got and whether it was stopped."""
+
+    def __init__(self, chunks: int, fail_at: int | None = None) -> None:
+        self.chunks = chunks
+        self.fail_at = fail_at
+        self.produced = 0
+        self.stopped = False
+
+    async def __call__(self, emit) -> None:
+        try:
+            for index in range(self.chunks):
+                if index == self.fail_at:
+                    raise RuntimeError("engine broke")
+                await asyncio.sleep(0.001)
+                await emit(np.full(10, index, np.float32))
+                self.produced += 1
+        except asyncio.CancelledError:
+            self.stopped = True
+            raise
+
+
+async def test_chunks_arrive_in_order() -> None:
+    producer = CountingProducer(5)
+    stream = AudioStream(16000, producer)
+    values = [int(chunk[0]) async for chunk in stream]
+    assert values == [0, 1, 2, 3, 4]
+    assert stream.sample_rate == 16000
+
+
+async def test_producer_starts_before_the_first_read_and_stays_bounded() -> None:
+    producer = CountingProducer(100)
+    stream = AudioStream(16000, producer, lookahead=3)
+    await asyncio.sleep(0.1)
+    assert producer.produced == 3, "works ahead by the lookahead, no further"
+    stream.cancel()
+
+
+async def test_cancel_stops_the_work_not_only_the_delivery() -> None:
+    producer = CountingProducer(1000)
+    async with AudioStream(16000, producer) as stream:
+        await stream.__anext__()
+    await asyncio.sleep(0.05)
+    assert producer.stopped
+    assert producer.produced < 10
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+
+
+async def test_cancel_wakes_a_waiting_consumer() -> None:
+    async def slow(emit) -> None:
+        await asyncio.sleep(60)
+
+    stream = AudioStream(16000, slow)
+    reader = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.01)
+    stream.cancel()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(reader, 1)
+
+
+async def test_producer_errors_reach_the_consumer() -> None:
+    stream = AudioStream(16000, CountingProducer(5, fail_at=2))
+    received = []
+    with pytest.raises(RuntimeError, match="engine broke"):
+        async for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 2
+
+
+async def test_a_dropped_stream_does_not_leave_its_producer_running() -> None:
+    producer = CountingProducer(1000)
+    stream = AudioStream(16000, producer)
+    await stream.__anext__()
+    del stream
+    await asyncio.sleep(0.05)
+    assert producer.stopped
