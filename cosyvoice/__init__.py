@@ -10,6 +10,7 @@ from cosyvoice.engine import (
     Capabilities,
     Engine,
     Mode,
+    SavedVoice,
     SynthesisRequest,
 )
 from cosyvoice.errors import (
@@ -30,6 +31,7 @@ __all__ = [
     "EngineUnavailable",
     "InvalidRequest",
     "Mode",
+    "SavedVoice",
     "SynthesisError",
     "SynthesisRequest",
     "UnknownVoice",

@@ -14,6 +14,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,17 +47,41 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
+@dataclass(eq=False)
+class SavedVoice:
+    """A voice from the registry: a prompt recording, its transcript, and what engines derived from it.
+
+    An engine that needs speech tokens, a speaker embedding or prompt
+    features computes them the first time and keeps them in ``features``
+    under its own key; ``store_features`` (set by the registry) persists them
+    so the work is done once per voice, not once per request or restart.
+    """
+
+    id: str
+    prompt_audio: Audio | None
+    prompt_text: str = ""
+    features: dict[str, Any] = field(default_factory=dict)
+    store_features: Callable[[str, Any], None] | None = None
+
+    def remember(self, key: str, value: Any) -> None:
+        self.features[key] = value
+        if self.store_features is not None:
+            self.store_features(key, value)
+
+
 @dataclass(frozen=True)
 class SynthesisRequest:
     """What to say and how. Which fields matter depends on ``mode``.
 
-    ``voice`` names a built-in voice or a saved one; a saved voice also
-    supplies the prompt audio and transcript for the cloning modes.
+    ``voice`` names a built-in voice, or a saved one: then ``saved_voice``
+    carries it (the gateway looks it up in the registry), and its prompt
+    audio and transcript serve the cloning modes.
     """
 
     text: str = ""
     mode: Mode = Mode.SFT
     voice: str | None = None
+    saved_voice: SavedVoice | None = None
     prompt_audio: Audio | None = None
     prompt_text: str = ""
     instruct_text: str = ""
@@ -231,12 +256,20 @@ class Engine(ABC):
             raise InvalidRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}")
         if request.seed < 0:
             raise InvalidRequest("seed must be 0 (random) or a positive integer")
-        if request.mode in (Mode.SFT, Mode.INSTRUCT):
+        if request.saved_voice is not None:
+            cloning = {Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC} & caps.modes
+            if not cloning:
+                raise UnsupportedMode(
+                    f"saved voice '{request.saved_voice.id}' is a cloned voice; engine '{caps.engine}' "
+                    f"(model '{caps.model}') cannot clone voices"
+                )
+        elif request.mode in (Mode.SFT, Mode.INSTRUCT):
             self.resolve_voice(request.voice)
+        has_prompt = request.prompt_audio is not None or request.saved_voice is not None
         needs_prompt = request.mode in (Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC)
-        if needs_prompt and request.prompt_audio is None and request.voice is None:
+        if needs_prompt and not has_prompt:
             raise InvalidRequest(f"mode '{request.mode.value}' needs prompt audio or a saved voice")
-        if request.mode is Mode.ZERO_SHOT and request.voice is None and not request.prompt_text.strip():
+        if request.mode is Mode.ZERO_SHOT and request.saved_voice is None and not request.prompt_text.strip():
             raise InvalidRequest("mode 'zero_shot' needs prompt_text, the transcript of the prompt audio")
         if request.mode in (Mode.INSTRUCT, Mode.INSTRUCT2) and not request.instruct_text.strip():
             raise InvalidRequest(f"mode '{request.mode.value}' needs instruct_text")
