@@ -20,6 +20,8 @@ from cosyvoice.errors import (
     SynthesisError,
     UnknownVoice,
     UnsupportedMode,
+    VoiceExists,
+    VoiceNotFound,
 )
 
 __all__ = [
@@ -36,4 +38,6 @@ __all__ = [
     "SynthesisRequest",
     "UnknownVoice",
     "UnsupportedMode",
+    "VoiceExists",
+    "VoiceNotFound",
 ]

@@ -23,3 +23,11 @@ class EngineUnavailable(SynthesisError):
 
 class EngineFailure(SynthesisError):
     """The engine failed while producing audio (a server fault)."""
+
+
+class VoiceNotFound(SynthesisError):
+    """No saved voice has this id (HTTP 404 on the voice routes)."""
+
+
+class VoiceExists(SynthesisError):
+    """A voice with this id already exists (HTTP 409)."""
