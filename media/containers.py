@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+import weakref
 from abc import ABC, abstractmethod
 from fractions import Fraction
 
@@ -250,6 +251,9 @@ class AvEncoder(StreamEncoder):
         if bitrate or self.default_bitrate:
             self._stream.codec_context.bit_rate = bitrate or self.default_bitrate
         self._output.start_encoding()  # opens the codec (fixing its frame size) and writes the header
+        # A stream abandoned midway (the client left) must still close its muxer: left to the
+        # garbage collector, some PyAV versions tear the container down in an order that crashes.
+        self._close = weakref.finalize(self, self._output.close)
         self._frames = _FrameBuffer(self._stream.codec_context.frame_size or 1)
         self._pts = 0
 
@@ -261,7 +265,7 @@ class AvEncoder(StreamEncoder):
         whole = self._frames.push(self._resampler.flush())
         self._encode(np.concatenate((whole, self._frames.rest())))
         self._output.mux(self._stream.encode(None))
-        self._output.close()
+        self._close()
         return self._sink.take()
 
     def _encode(self, samples: np.ndarray) -> None:
@@ -301,10 +305,36 @@ _LOSSLESS: dict[str, type[StreamEncoder]] = {"flac": FlacEncoder, "wav": WavEnco
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 
 
-def open_encoder(fmt: str, sample_rate: int, *, bitrate: int | None = None) -> StreamEncoder:
-    """A fresh encoder for one stream of ``fmt``; ``bitrate`` (bit/s) applies to the lossy formats only."""
+class _Resampled(StreamEncoder):
+    """Another encoder fed through a streaming resampler: the stream carries a rate the caller chose."""
+
+    def __init__(self, sample_rate: int, inner: StreamEncoder) -> None:
+        super().__init__(sample_rate)
+        self.media_type = inner.media_type
+        self._inner = inner
+        self._resampler = StreamResampler(sample_rate, inner.sample_rate)
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        return self._inner.encode(self._resampler.process(samples))
+
+    def finish(self) -> bytes:
+        return self._inner.encode(self._resampler.flush()) + self._inner.finish()
+
+
+def open_encoder(
+    fmt: str, sample_rate: int, *, bitrate: int | None = None, output_rate: int | None = None
+) -> StreamEncoder:
+    """A fresh encoder for one stream of ``fmt``, taking audio at ``sample_rate``.
+
+    ``bitrate`` (bit/s) applies to the lossy formats only. ``output_rate``
+    is the rate the stream should carry (e.g. 24 kHz PCM for OpenAI
+    clients); the audio is resampled to it. Opus always decodes at 48 kHz.
+    """
+    rate = output_rate or sample_rate
     if fmt in _LOSSY:
-        return _LOSSY[fmt](sample_rate, bitrate=bitrate)
-    if fmt in _LOSSLESS:
-        return _LOSSLESS[fmt](sample_rate)
-    raise UnsupportedFormatError(f"unsupported audio format {fmt!r}; supported: {', '.join(FORMATS)}")
+        encoder = _LOSSY[fmt](rate, bitrate=bitrate)
+    elif fmt in _LOSSLESS:
+        encoder = _LOSSLESS[fmt](rate)
+    else:
+        raise UnsupportedFormatError(f"unsupported audio format {fmt!r}; supported: {', '.join(FORMATS)}")
+    return encoder if rate == sample_rate else _Resampled(sample_rate, encoder)

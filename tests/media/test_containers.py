@@ -186,3 +186,19 @@ def test_a_stream_with_no_audio_is_still_a_valid_file(fmt: str) -> None:
         return
     decoded, rate = decode(data)
     assert len(decoded) <= EXTRA[fmt] * rate // 24000
+
+
+@pytest.mark.parametrize("fmt", ["pcm", "wav", "flac", "mp3"])
+def test_output_rate_resamples_the_stream(fmt: str) -> None:
+    audio = sine(22050, 1.0, freq=1000.0)
+    encoder = open_encoder(fmt, 22050, output_rate=24000)
+    assert encoder.sample_rate == 22050
+    data = encode_stream(encoder, chunks(audio, ODD_CHUNKS))
+    if fmt == "pcm":
+        decoded, rate = np.frombuffer(data, "<i2").astype(np.float32) / 32768, 24000
+    else:
+        decoded, rate = decode(data)
+    assert rate == 24000
+    assert 24000 <= len(decoded) <= 24000 + EXTRA.get(fmt, 0)
+    spectrum = np.abs(np.fft.rfft(decoded[:24000]))
+    assert abs(np.fft.rfftfreq(24000, 1 / 24000)[spectrum.argmax()] - 1000) <= 1
