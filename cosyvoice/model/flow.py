@@ -1,0 +1,222 @@
+"""Speech tokens to mel: token encoders and conditional flow matching (CFM).
+
+All three generations integrate the same ODE: 10 Euler steps on a cosine
+time schedule with classifier-free guidance 0.7, the unconditional row
+zeroing mu, speaker and prompt condition. The initial noise is an argument:
+v2/v3 use one fixed table (``fixed_noise``), so every position always starts
+from the same noise and a recomputed chunk reproduces earlier frames; v1
+draws fresh noise per call (pass a generator to make it reproducible).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from cosyvoice.model.conformer import Encoder, PreLookaheadLayer, UpsampleEncoder
+
+NOISE_FRAMES = 15000  # 300 s of mel at 50 frames/s: the cap on prompt + output per flow call
+
+
+def fixed_noise(frames: int = NOISE_FRAMES, channels: int = 80) -> Tensor:
+    """The v2/v3 noise table: torch's CPU normal stream for seed 0, as upstream draws it."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(0)
+    return torch.randn(1, channels, frames, generator=generator)
+
+
+class ConditionalCFM(nn.Module):
+    """``decoder``: the Euler solver with CFG around an estimator (``decoder.estimator``)."""
+
+    def __init__(self, estimator: nn.Module, *, cfg_rate: float = 0.7, steps: int = 10) -> None:
+        super().__init__()
+        self.estimator = estimator
+        self.cfg_rate = cfg_rate
+        self.steps = steps
+
+    def forward(
+        self, noise: Tensor, mu: Tensor, mask: Tensor, spks: Tensor, cond: Tensor, *, streaming: bool = False
+    ) -> Tensor:
+        t_span = 1 - torch.cos(torch.linspace(0, 1, self.steps + 1, device=mu.device, dtype=mu.dtype) * 0.5 * math.pi)
+        x = noise.to(mu.dtype)
+        t, dt = t_span[0], t_span[1] - t_span[0]
+        mask2 = torch.cat([mask, mask])
+        mu2 = torch.cat([mu, torch.zeros_like(mu)])
+        spks2 = torch.cat([spks, torch.zeros_like(spks)])
+        cond2 = torch.cat([cond, torch.zeros_like(cond)])
+        for step in range(1, self.steps + 1):
+            velocity = self.estimator(torch.cat([x, x]), mask2, mu2, t.expand(2), spks2, cond2, streaming)
+            guided, free = velocity.chunk(2)
+            x = x + dt * ((1.0 + self.cfg_rate) * guided - self.cfg_rate * free)
+            t = t + dt
+            if step < self.steps:
+                dt = t_span[step + 1] - t
+        return x.float()
+
+
+class InterpolateRegulator(nn.Module):
+    """v1: stretch token features to mel length, then a small conv stack (``length_regulator.model``)."""
+
+    def __init__(self, channels: int, stages: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(stages):
+            layers += [nn.Conv1d(channels, channels, 3, 1, 1), nn.GroupNorm(1, channels), nn.Mish()]
+        layers.append(nn.Conv1d(channels, channels, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, prompt: Tensor, target: Tensor, prompt_frames: int, target_frames: int, token_rate: int) -> Tensor:
+        """``prompt``/``target`` ``[1, T, C]`` -> ``[1, prompt_frames + target_frames, C]``.
+
+        A long target has its first and last 20 tokens stretched to exactly the
+        frames they get in a 20-token streaming overlap, so overlapping chunks agree.
+        """
+        edge = int(20 / token_rate * 22050 / 256)
+        t = target.transpose(1, 2)
+        if target.size(1) > 40:
+            t = torch.cat(
+                [
+                    F.interpolate(t[:, :, :20], size=edge, mode="linear"),
+                    F.interpolate(t[:, :, 20:-20], size=target_frames - 2 * edge, mode="linear"),
+                    F.interpolate(t[:, :, -20:], size=edge, mode="linear"),
+                ],
+                dim=2,
+            )
+        else:
+            t = F.interpolate(t, size=target_frames, mode="linear")
+        if prompt.size(1) > 0:
+            t = torch.cat([F.interpolate(prompt.transpose(1, 2), size=prompt_frames, mode="linear"), t], dim=2)
+        return self.model(t).transpose(1, 2)
+
+
+class _Flow(nn.Module):
+    input_embedding: nn.Embedding
+    spk_embed_affine_layer: nn.Linear
+    decoder: ConditionalCFM
+
+    def speaker(self, embedding: Tensor) -> Tensor:
+        return self.spk_embed_affine_layer(F.normalize(embedding.float(), dim=1))
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        return self.input_embedding(tokens.clamp(min=0).view(1, -1))
+
+    def solve(
+        self, mu: Tensor, prompt_feat: Tensor, spks: Tensor, noise: Tensor, *, streaming: bool
+    ) -> Tensor:
+        """Run the CFM over [prompt | target] and return the target's mel ``[1, 80, frames]``."""
+        frames = mu.size(1)
+        prompt_frames = prompt_feat.size(1)
+        if noise.size(-1) < frames:
+            raise ValueError(f"the noise covers {noise.size(-1)} frames; {frames} are needed")
+        cond = torch.zeros(1, frames, mu.size(2), device=mu.device, dtype=mu.dtype)
+        cond[:, :prompt_frames] = prompt_feat
+        mask = torch.ones(1, 1, frames, device=mu.device, dtype=mu.dtype)
+        mel = self.decoder(
+            noise[:, :, :frames].to(mu.device), mu.transpose(1, 2), mask, spks, cond.transpose(1, 2), streaming=streaming
+        )
+        return mel[:, :, prompt_frames:]
+
+
+class MaskedDiffWithXvec(_Flow):
+    """v1: conformer encoder, interpolating length regulator, non-causal U-Net CFM."""
+
+    def __init__(
+        self, *, input_size: int, output_size: int, spk_embed_dim: int, vocab_size: int, input_frame_rate: int,
+        encoder: Encoder, length_regulator: InterpolateRegulator, decoder: ConditionalCFM,
+    ) -> None:
+        super().__init__()
+        self.input_frame_rate = input_frame_rate
+        self.input_embedding = nn.Embedding(vocab_size, input_size)
+        self.spk_embed_affine_layer = nn.Linear(spk_embed_dim, output_size)
+        self.encoder = encoder
+        self.encoder_proj = nn.Linear(encoder.after_norm.normalized_shape[0], output_size)
+        self.length_regulator = length_regulator
+        self.decoder = decoder
+
+    def target_frames(self, tokens: int) -> int:
+        return int(tokens / self.input_frame_rate * 22050 / 256)
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: Tensor, prompt_tokens: Tensor, prompt_feat: Tensor, embedding: Tensor, noise: Tensor
+    ) -> Tensor:
+        """Mel ``[1, 80, frames]`` for ``tokens``; ``noise`` covers at least prompt + target frames."""
+        all_tokens = torch.cat([prompt_tokens, tokens])
+        h = self.encoder(self.embed(all_tokens), torch.tensor([all_tokens.numel()], device=tokens.device))
+        h = self.encoder_proj(h)
+        split = prompt_tokens.numel()
+        mu = self.length_regulator(
+            h[:, :split], h[:, split:], prompt_feat.size(1), self.target_frames(tokens.numel()), self.input_frame_rate
+        )
+        return self.solve(mu, prompt_feat, self.speaker(embedding), noise, streaming=False)
+
+
+class CausalMaskedDiffWithXvec(_Flow):
+    """v2: chunk-causal upsampling conformer, causal U-Net CFM, 2 mel frames per token."""
+
+    def __init__(
+        self, *, input_size: int, output_size: int, spk_embed_dim: int, vocab_size: int, token_mel_ratio: int,
+        encoder: UpsampleEncoder, decoder: ConditionalCFM,
+    ) -> None:
+        super().__init__()
+        self.token_mel_ratio = token_mel_ratio
+        self.input_embedding = nn.Embedding(vocab_size, input_size)
+        self.spk_embed_affine_layer = nn.Linear(spk_embed_dim, output_size)
+        self.encoder = encoder
+        self.encoder_proj = nn.Linear(encoder.after_norm.normalized_shape[0], output_size)
+        self.decoder = decoder
+
+    @property
+    def lookahead(self) -> int:
+        return self.encoder.lookahead
+
+    def mu(self, tokens: Tensor, *, streaming: bool, finalize: bool) -> Tensor:
+        x = self.embed(tokens)
+        context = None
+        if not finalize:
+            x, context = x[:, : -self.lookahead], x[:, -self.lookahead :]
+        h = self.encoder(x, torch.tensor([x.size(1)], device=x.device), streaming=streaming, context=context)
+        return self.encoder_proj(h)
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: Tensor, prompt_tokens: Tensor, prompt_feat: Tensor, embedding: Tensor, noise: Tensor,
+        *, streaming: bool = False, finalize: bool = True,
+    ) -> Tensor:
+        """Mel for ``tokens`` after the prompt. Unless ``finalize``, the last ``lookahead`` tokens are only
+        context: their frames are not produced yet. ``streaming`` applies the chunk masks."""
+        mu = self.mu(torch.cat([prompt_tokens, tokens]), streaming=streaming, finalize=finalize)
+        return self.solve(mu, prompt_feat, self.speaker(embedding), noise, streaming=streaming)
+
+
+class CausalMaskedDiffWithDiT(_Flow):
+    """v3: token embedding plus lookahead conv, repeated x2 as mu, DiT CFM (no conformer)."""
+
+    def __init__(
+        self, *, output_size: int, spk_embed_dim: int, vocab_size: int, token_mel_ratio: int,
+        pre_lookahead_layer: PreLookaheadLayer, decoder: ConditionalCFM,
+    ) -> None:
+        super().__init__()
+        self.token_mel_ratio = token_mel_ratio
+        self.input_embedding = nn.Embedding(vocab_size, output_size)
+        self.spk_embed_affine_layer = nn.Linear(spk_embed_dim, output_size)
+        self.pre_lookahead_layer = pre_lookahead_layer
+        self.decoder = decoder
+
+    @property
+    def lookahead(self) -> int:
+        return self.pre_lookahead_layer.lookahead
+
+    def mu(self, tokens: Tensor, *, streaming: bool, finalize: bool) -> Tensor:
+        del streaming  # the lookahead conv is causal apart from its explicit context
+        x = self.embed(tokens)
+        if finalize:
+            h = self.pre_lookahead_layer(x)
+        else:
+            h = self.pre_lookahead_layer(x[:, : -self.lookahead], x[:, -self.lookahead :])
+        return h.repeat_interleave(self.token_mel_ratio, dim=1)
+
+    forward = CausalMaskedDiffWithXvec.forward
