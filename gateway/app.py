@@ -10,11 +10,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cosyvoice import Engine
+from cosyvoice.voices import VoiceRegistry
 from gateway import NAME, __version__
 from gateway.engines import build_engine
 from gateway.errors import install_error_handlers
-from gateway.routes import system, unified
+from gateway.limits import BodySizeLimit
+from gateway.routes import openai, seed_a, seed_b, sessions, system, unified, voices, webrtc
 from gateway.settings import Settings
+from gateway.synthesis import SessionSpeech, Synthesizer
+from signaling.manager import SessionManager
+from signaling.webrtc import restrict_host_addresses
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     once and ``/v1/health`` says 503 until the engine is ready."""
     settings = settings or Settings()
     engine = engine or build_engine(settings)
+    restrict_host_addresses(settings.webrtc.host_addresses)
+    registry = VoiceRegistry(settings.data_dir / "voices", reserved=frozenset(engine.capabilities.voices))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -32,15 +39,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             yield
         finally:
             loading.cancel()
+            await app.state.sessions.close_all()
             await engine.close()
 
     app = FastAPI(title=NAME, version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.engine_failure = None
+    app.state.registry = registry
+    app.state.synthesizer = Synthesizer(engine, registry, settings)
+    app.state.session_speech = SessionSpeech(app.state.synthesizer)
+    app.state.sessions = SessionManager(settings.session.idle_timeout)
+    # Base64 in JSON makes an upload a third larger; leave room for the other fields.
+    app.add_middleware(BodySizeLimit, limit=settings.limits.max_upload_bytes * 4 // 3 + 64 * 1024)
     install_error_handlers(app)
-    app.include_router(system.router)
-    app.include_router(unified.router)
+    for module in (system, unified, seed_a, seed_b, openai, voices, sessions, webrtc):
+        app.include_router(module.router)
     return app
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import numpy as np
 from starlette.requests import Request
@@ -22,10 +22,19 @@ class AudioStreamingResponse(StreamingResponse):
     """
 
     def __init__(
-        self, stream: AudioStream, encoder: StreamEncoder, headers: Mapping[str, str] | None = None
+        self,
+        stream: AudioStream,
+        encoder: StreamEncoder,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        *,
+        wrap: Callable[[bytes], bytes] | None = None,
+        trailer: bytes = b"",
     ) -> None:
+        """``wrap`` frames each piece of encoded audio (e.g. as an SSE event); ``trailer`` ends the body."""
         self.audio_stream = stream
-        super().__init__(_encoded(stream, encoder), media_type=encoder.media_type, headers=headers)
+        body = _encoded(stream, encoder, wrap or (lambda data: data), trailer)
+        super().__init__(body, media_type=media_type or encoder.media_type, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -34,15 +43,19 @@ class AudioStreamingResponse(StreamingResponse):
             self.audio_stream.cancel()
 
 
-async def _encoded(stream: AudioStream, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+async def _encoded(
+    stream: AudioStream, encoder: StreamEncoder, wrap: Callable[[bytes], bytes], trailer: bytes
+) -> AsyncIterator[bytes]:
     try:
         async for samples in stream:
             data = encoder.encode(samples)
             if data:
-                yield data
+                yield wrap(data)
         tail = encoder.finish()
         if tail:
-            yield tail
+            yield wrap(tail)
+        if trailer:
+            yield trailer
     finally:
         stream.cancel()
 

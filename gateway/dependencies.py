@@ -6,6 +6,7 @@ from fastapi import Request
 
 from cosyvoice import Engine
 from gateway.settings import Settings
+from gateway.synthesis import Synthesizer
 
 
 def get_engine(request: Request) -> Engine:
@@ -14,3 +15,7 @@ def get_engine(request: Request) -> Engine:
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_synthesizer(request: Request) -> Synthesizer:
+    return request.app.state.synthesizer

@@ -1,35 +1,92 @@
-"""Map engine errors to HTTP answers: client errors are 4xx with a message, never 500."""
+"""One mapping from errors to HTTP answers; two shapes of body.
+
+Client errors are 4xx with a message, never 500. Routes of the OpenAI API
+answer in OpenAI's ``{"error": {"message", "type", "param", "code"}}``
+envelope (and 400, not 422, for schema violations, as OpenAI does); all
+other routes answer ``{"detail": ...}`` as FastAPI does.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
-from cosyvoice import EngineFailure, EngineUnavailable, InvalidRequest
+from cosyvoice import (
+    EngineFailure,
+    EngineUnavailable,
+    InvalidRequest,
+    SynthesisError,
+    VoiceExists,
+    VoiceNotFound,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+OPENAI_PATHS = ("/v1/audio/", "/v1/models")
+
+
+class OpenAIError(Exception):
+    """An error with OpenAI's ``param`` and ``code`` fields (e.g. an unknown model)."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(InvalidRequest, _invalid_request)
-    app.add_exception_handler(EngineUnavailable, _engine_unavailable)
-    app.add_exception_handler(EngineFailure, _engine_failure)
+    for kind in (SynthesisError, HTTPException, RequestValidationError, OpenAIError):
+        app.add_exception_handler(kind, handle_error)
 
 
-async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(error)}, status_code=400)
+def describe(error: Exception) -> tuple[int, str, dict[str, str]]:
+    """Status, message and extra headers for an error raised while serving a request."""
+    if isinstance(error, HTTPException):
+        return error.status_code, str(error.detail), dict(error.headers or {})
+    if isinstance(error, OpenAIError):
+        return error.status, str(error), {}
+    if isinstance(error, VoiceNotFound):
+        return 404, str(error), {}
+    if isinstance(error, VoiceExists):
+        return 409, str(error), {}
+    if isinstance(error, InvalidRequest):
+        return 400, str(error), {}
+    if isinstance(error, EngineUnavailable):
+        return 503, str(error), {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(error, EngineFailure):
+        return 500, f"synthesis failed: {error}", {}
+    return 500, "internal error", {}
 
 
-async def _engine_unavailable(request: Request, error: Exception) -> JSONResponse:
+async def handle_error(request: Request, error: Exception) -> JSONResponse:
+    openai = request.url.path.startswith(OPENAI_PATHS)
+    if isinstance(error, RequestValidationError):
+        if not openai:
+            return await request_validation_exception_handler(request, error)
+        first = error.errors()[0]
+        param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+        return openai_error(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+    status, message, headers = describe(error)
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, message)
+    if openai:
+        return openai_error(
+            status, message, param=getattr(error, "param", None), code=getattr(error, "code", None), headers=headers
+        )
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def openai_error(
+    status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse(
-        {"detail": str(error)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
+        status_code=status,
+        headers=headers,
     )
-
-
-async def _engine_failure(request: Request, error: Exception) -> JSONResponse:
-    log.error("engine failure on %s: %s", request.url.path, error)
-    return JSONResponse({"detail": f"synthesis failed: {error}"}, status_code=500)

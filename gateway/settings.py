@@ -44,6 +44,17 @@ class EmbeddedSettings(Section):
     start_timeout: float = Field(60.0, gt=0)
 
 
+class SessionSettings(Section):
+    idle_timeout: float = Field(120.0, gt=0)
+    lead_ms: int = Field(100, ge=0, le=2000)
+    opus_bitrate: int = Field(32000, ge=6000, le=510000)
+
+
+class WebRTCSettings(Section):
+    ice_servers: list[str] = []
+    host_addresses: list[str] = []
+
+
 class PathSettings(Section):
     data_dir: str = "data"
     prompt_dir: str = ""
@@ -51,12 +62,15 @@ class PathSettings(Section):
 
 class LimitSettings(Section):
     max_text_chars: int = Field(4096, ge=1)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
 
 
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     engine: EngineSettings = EngineSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
+    session: SessionSettings = SessionSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
     paths: PathSettings = PathSettings()
     limits: LimitSettings = LimitSettings()
 

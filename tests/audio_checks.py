@@ -59,3 +59,21 @@ def plausible_seconds(text: str) -> tuple[float, float]:
     """Duration bounds for English text read at normal speed (1.3 to 5 words a second)."""
     n = words(text)
     return n / 5.0, n / 1.3 + 0.5
+
+
+def decode_container(data: bytes, fmt: str | None = None) -> tuple[np.ndarray, int]:
+    """Decode any container with PyAV (the reference decoder here); mono float32 and the rate."""
+    import av
+
+    with av.open(io.BytesIO(data), format=fmt) as container:
+        stream = container.streams.audio[0]
+        pieces = []
+        rate = stream.codec_context.sample_rate
+        for frame in container.decode(stream):
+            array = frame.to_ndarray()
+            scale = float(np.iinfo(array.dtype).max + 1) if array.dtype.kind == "i" else 1.0
+            channels = len(frame.layout.channels)
+            mono = array.mean(axis=0) if frame.format.is_planar else array.reshape(-1, channels).mean(axis=1)
+            pieces.append((mono / scale).astype(np.float32))
+            rate = frame.sample_rate
+    return np.concatenate(pieces), rate

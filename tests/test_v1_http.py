@@ -33,7 +33,10 @@ def test_root_and_speakers(gateway: ServerThread) -> None:
 def test_health_reports_the_loaded_engine(gateway: ServerThread) -> None:
     response = httpx.get(gateway.url + "/v1/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "gpu": False, "model": "piper:en_US-joe-medium", "engine": "embedded"}
+    assert response.json() == {
+        "status": "ok", "gpu": False, "model": "piper:en_US-joe-medium", "engine": "embedded",
+        "modes": ["sft"], "sample_rate": 22050,
+    }  # fmt: skip
 
 
 def test_non_stream_returns_base64_wav_of_speech(gateway: ServerThread) -> None:

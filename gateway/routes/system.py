@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from cosyvoice import Engine
 from gateway import NAME, __version__
 from gateway.dependencies import get_engine
 
 router = APIRouter(tags=["system"])
+STATIC = Path(__file__).resolve().parents[1] / "static"
 
 
 @router.get("/")
@@ -17,11 +20,23 @@ async def root() -> dict:
     return {"name": NAME, "message": "CosyVoice gateway is running", "version": __version__}
 
 
+@router.get("/console", response_class=FileResponse, include_in_schema=False)
+async def console() -> FileResponse:
+    """The browser console: speak over WebRTC, stream text, interrupt, try the REST routes."""
+    return FileResponse(STATIC / "console.html")
+
+
 @router.get("/v1/health")
 async def health(request: Request, engine: Engine = Depends(get_engine)) -> JSONResponse:
     """200 only when the engine is loaded and answering; 503 while loading or broken."""
     caps = engine.capabilities
-    body = {"gpu": caps.gpu, "model": caps.model, "engine": caps.engine}
+    body = {
+        "gpu": caps.gpu,
+        "model": caps.model,
+        "engine": caps.engine,
+        "modes": sorted(mode.value for mode in caps.modes),
+        "sample_rate": caps.sample_rate,
+    }
     if engine.ready and await engine.probe():
         return JSONResponse({"status": "ok", **body})
     failure = request.app.state.engine_failure

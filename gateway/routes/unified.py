@@ -1,64 +1,136 @@
-"""Seed server C: the unified v1 API (``/v1/speakers``, ``/v1/tts``, ``/v1/tts/stream``)."""
+"""Seed server C: the unified v1 API (``/v1/speakers``, ``/v1/tts``, ``/v1/tts/stream``, ``/ws/v1/tts``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 
-from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
+from pydantic import BaseModel, Field, ValidationError
+from starlette.websockets import WebSocketDisconnect
 
-from cosyvoice import Engine, Mode, SynthesisRequest
+from cosyvoice import Audio, AudioStream, Mode, SynthesisError
 from gateway.audio import AudioStreamingResponse, collect_audio
-from gateway.dependencies import get_engine
+from gateway.dependencies import get_synthesizer
+from gateway.synthesis import Synthesizer
 from media.containers import PcmEncoder, wav_bytes
+from media.pcm import to_s16le
 
 router = APIRouter(tags=["unified v1"])
 
 
 class TtsRequest(BaseModel):
-    text: str = Field(description="The text to speak.")
+    text: str = Field(description="The text to speak (vc ignores it, but send it, empty).")
     mode: Mode = Mode.SFT
-    speaker: str | None = Field(None, description="Voice for sft/instruct; empty: the engine's default voice.")
+    speaker: str | None = Field(None, description="Built-in or saved voice; empty: the engine's default voice.")
     prompt_text: str = ""
-    prompt_wav_path: str = ""
+    prompt_wav_path: str = Field("", description="A file inside the server's prompt directory.")
+    prompt_audio_base64: str = Field("", description="Prompt audio (any common format) instead of a path.")
     instruct_text: str = ""
-    source_wav_path: str = ""
+    source_wav_path: str = Field("", description="vc: a file inside the server's prompt directory.")
+    source_audio_base64: str = Field("", description="vc: source audio instead of a path.")
     stream: bool = False
     speed: float = Field(1.0, ge=0.5, le=2.0)
     seed: int = Field(0, ge=0, description="0: random; >0: reproducible output on the same engine.")
 
 
 @router.get("/v1/speakers")
-async def speakers(engine: Engine = Depends(get_engine)) -> dict:
-    return {"speakers": list(engine.capabilities.voices)}
+async def speakers(synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+    return {"speakers": synth.speakers()}
 
 
 @router.post("/v1/tts", response_model=None)
-async def tts(body: TtsRequest, request: Request, engine: Engine = Depends(get_engine)) -> Response | dict:
+async def tts(body: TtsRequest, request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response | dict:
     """Non-stream: ``{"audio": base64 WAV, "sample_rate"}``; stream: s16le PCM chunks."""
-    return await _synthesize(body, request, engine, stream=body.stream)
-
-
-@router.post("/v1/tts/stream", response_model=None)
-async def tts_stream(body: TtsRequest, request: Request, engine: Engine = Depends(get_engine)) -> Response:
-    return await _synthesize(body, request, engine, stream=True)
-
-
-async def _synthesize(body: TtsRequest, request: Request, engine: Engine, *, stream: bool) -> Response | dict:
-    synthesis = SynthesisRequest(
-        text=body.text,
-        mode=body.mode,
-        voice=body.speaker or None,
-        prompt_text=body.prompt_text,
-        instruct_text=body.instruct_text,
-        speed=body.speed,
-        seed=body.seed,
-        stream=stream,
-    )
-    audio = engine.synthesize(synthesis)
-    if stream:
-        return AudioStreamingResponse(audio, PcmEncoder(audio.sample_rate), {"X-Sample-Rate": str(audio.sample_rate)})
-    samples = await collect_audio(audio, request)
+    stream = _open(synth, body, streaming=body.stream)
+    if body.stream:
+        return _pcm_response(stream)
+    samples = await collect_audio(stream, request)
     if samples is None:
         return Response(status_code=499)
-    return {"audio": base64.b64encode(wav_bytes(samples, audio.sample_rate)).decode(), "sample_rate": audio.sample_rate}
+    return {"audio": base64.b64encode(wav_bytes(samples, stream.sample_rate)).decode(), "sample_rate": stream.sample_rate}
+
+
+@router.post("/v1/tts/stream", response_class=Response)
+async def tts_stream(body: TtsRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    return _pcm_response(_open(synth, body, streaming=True))
+
+
+@router.websocket("/ws/v1/tts")
+async def ws_tts(websocket: WebSocket) -> None:
+    """One JSON config in (the ``/v1/tts`` fields); binary s16le frames out; then ``{"done": true}``."""
+    synth: Synthesizer = websocket.app.state.synthesizer
+    await websocket.accept()
+    try:
+        body = TtsRequest.model_validate(await websocket.receive_json())
+        stream = _open(synth, body, streaming=True)
+    except WebSocketDisconnect:
+        return
+    except (ValidationError, ValueError, SynthesisError, HTTPException) as error:
+        await websocket.send_json({"error": _message(error), "done": True})
+        await websocket.close(code=1008)
+        return
+    if await _send_until_disconnect(websocket, stream):
+        await websocket.send_json({"done": True})
+        await websocket.close()
+
+
+async def _send_until_disconnect(websocket: WebSocket, stream: AudioStream) -> bool:
+    """Send every chunk; a client that leaves stops the engine work. True if all was sent."""
+
+    async def send_all() -> None:
+        async for samples in stream:
+            await websocket.send_bytes(to_s16le(samples))
+
+    async def wait_for_close() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    sender, watcher = asyncio.ensure_future(send_all()), asyncio.ensure_future(wait_for_close())
+    try:
+        await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stream.cancel()
+        for task in (sender, watcher):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+    if sender.cancelled() or sender.exception() is not None:
+        return False
+    return True
+
+
+def _open(synth: Synthesizer, body: TtsRequest, *, streaming: bool) -> AudioStream:
+    return synth.open(
+        body.text,
+        mode=body.mode,
+        voice=body.speaker,
+        prompt_audio=_audio(synth, body.prompt_audio_base64, body.prompt_wav_path, "prompt"),
+        prompt_text=body.prompt_text,
+        instruct_text=body.instruct_text,
+        source_audio=_audio(synth, body.source_audio_base64, body.source_wav_path, "source", prompt=False),
+        speed=body.speed,
+        seed=body.seed,
+        stream=streaming,
+    )
+
+
+def _audio(synth: Synthesizer, encoded: str, path: str, what: str, *, prompt: bool = True) -> Audio | None:
+    if encoded:
+        return synth.audio_from_base64(encoded, f"{what}_audio_base64", prompt=prompt)
+    if path:
+        return synth.audio_from_path(path, f"{what}_wav_path", prompt=prompt)
+    return None
+
+
+def _pcm_response(stream: AudioStream) -> Response:
+    return AudioStreamingResponse(stream, PcmEncoder(stream.sample_rate), {"X-Sample-Rate": str(stream.sample_rate)})
+
+
+def _message(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
+    if isinstance(error, HTTPException):
+        return str(error.detail)
+    return str(error)

@@ -1,0 +1,121 @@
+"""The OpenAI speech API: ``/v1/audio/speech``, ``/v1/audio/voices``, ``/v1/models``.
+
+The official ``openai`` SDK works against it unchanged. OpenAI's built-in
+voice names map to our voices (see :data:`OPENAI_VOICES` and
+:func:`voice_for`); any built-in or saved voice id of ours is accepted too,
+as a name or as ``{"id": ...}``. Audio comes out at 24 kHz like OpenAI's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from cosyvoice import AudioStream, Mode, UnsupportedMode
+from gateway.audio import AudioStreamingResponse
+from gateway.dependencies import get_synthesizer
+from gateway.errors import OpenAIError
+from gateway.synthesis import Synthesizer
+from media.containers import StreamEncoder, open_encoder
+
+router = APIRouter(tags=["OpenAI"])
+
+OUTPUT_RATE = 24000
+MAX_INPUT_CHARS = 4096
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+# OpenAI's voices, and which of a model's usual built-in voices each one prefers
+# (CosyVoice-300M-SFT ships 英文女 and 英文男); otherwise the engine's default voice.
+OPENAI_VOICES = {
+    "alloy": "英文女", "ash": "英文男", "ballad": "英文男", "coral": "英文女", "echo": "英文男",
+    "fable": "英文男", "nova": "英文女", "onyx": "英文男", "sage": "英文女", "shimmer": "英文女",
+    "verse": "英文男", "marin": "英文女", "cedar": "英文男",
+}  # fmt: skip
+FORMATS = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+class VoiceRef(BaseModel):
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    model: str
+    input: str = Field(max_length=MAX_INPUT_CHARS)
+    voice: str | VoiceRef
+    instructions: str | None = None
+    response_format: FORMATS = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+
+
+@router.post("/v1/audio/speech", response_class=Response)
+async def speech(body: SpeechRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    if body.model not in _model_ids(synth):
+        raise OpenAIError(404, f"model '{body.model}' does not exist", param="model", code="model_not_found")
+    voice = voice_for(synth, body.voice.id if isinstance(body.voice, VoiceRef) else body.voice)
+    mode = Mode.SFT
+    if body.instructions:
+        mode = Mode.INSTRUCT2 if voice in synth.registry and voice not in synth.engine.capabilities.voices else Mode.INSTRUCT
+    encoder = open_encoder(body.response_format, synth.sample_rate, output_rate=OUTPUT_RATE)
+    try:
+        stream = synth.open(body.input, mode=mode, voice=voice, instruct_text=body.instructions or "", speed=body.speed)
+    except UnsupportedMode as error:
+        param = "instructions" if body.instructions else "voice"
+        raise OpenAIError(400, str(error), param=param) from error
+    if body.stream_format == "sse":
+        return _sse_response(stream, encoder, body.input)
+    return AudioStreamingResponse(stream, encoder)
+
+
+@router.get("/v1/audio/voices")
+async def voices(synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+    return {
+        "voices": synth.speakers(),
+        "openai_voices": {name: voice_for(synth, name) for name in OPENAI_VOICES},
+    }
+
+
+@router.get("/v1/models")
+async def models(synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+    created = int(time.time())
+    return {
+        "object": "list",
+        "data": [{"id": model, "object": "model", "created": created, "owned_by": "cosyvoice-gateway"} for model in _model_ids(synth)],
+    }
+
+
+def voice_for(synth: Synthesizer, name: str) -> str:
+    """Our voice for a requested name: our own ids first, then OpenAI's names."""
+    built_in = synth.engine.capabilities.voices
+    if name in built_in or name in synth.registry:
+        return name
+    if name in OPENAI_VOICES:
+        preferred = OPENAI_VOICES[name]
+        return preferred if preferred in built_in else (synth.engine.capabilities.default_voice or name)
+    raise OpenAIError(400, f"voice '{name}' does not exist; see GET /v1/audio/voices", param="voice")
+
+
+def _model_ids(synth: Synthesizer) -> list[str]:
+    return [*OPENAI_MODELS, "cosyvoice", synth.engine.capabilities.model]
+
+
+def _sse_response(stream: AudioStream, encoder: StreamEncoder, text: str) -> Response:
+    tokens = len(text.split())
+    done = {"type": "speech.audio.done", "usage": {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens}}
+    return AudioStreamingResponse(
+        stream,
+        encoder,
+        {"Cache-Control": "no-cache"},
+        media_type="text/event-stream",
+        wrap=lambda data: _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}),
+        trailer=_event(done),
+    )
+
+
+def _event(payload: dict) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()

@@ -1,0 +1,80 @@
+"""Seed server B (upstream's runtime server style): form or query fields, raw s16le PCM out.
+
+Upstream's client sends a multipart body even with GET, so fields are read
+from the query string and from a form body alike, for GET and POST.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
+from starlette.datastructures import UploadFile
+
+from cosyvoice import Mode
+from gateway.audio import AudioStreamingResponse
+from gateway.dependencies import get_synthesizer
+from gateway.synthesis import Synthesizer
+from media.containers import PcmEncoder
+
+router = APIRouter(tags=["seed B (runtime server)"])
+
+_METHODS = ["GET", "POST"]
+
+
+@router.api_route("/inference_sft", methods=_METHODS, response_class=Response)
+async def inference_sft(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    fields = await _fields(request, "tts_text", "spk_id")
+    return _pcm(synth, fields["tts_text"], voice=fields["spk_id"])
+
+
+@router.api_route("/inference_zero_shot", methods=_METHODS, response_class=Response)
+async def inference_zero_shot(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    fields = await _fields(request, "tts_text", "prompt_text", "prompt_wav")
+    prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
+    return _pcm(synth, fields["tts_text"], mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=fields["prompt_text"])
+
+
+@router.api_route("/inference_cross_lingual", methods=_METHODS, response_class=Response)
+async def inference_cross_lingual(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    fields = await _fields(request, "tts_text", "prompt_wav")
+    prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
+    return _pcm(synth, fields["tts_text"], mode=Mode.CROSS_LINGUAL, prompt_audio=prompt)
+
+
+@router.api_route("/inference_instruct", methods=_METHODS, response_class=Response)
+async def inference_instruct(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    fields = await _fields(request, "tts_text", "spk_id", "instruct_text")
+    return _pcm(synth, fields["tts_text"], mode=Mode.INSTRUCT, voice=fields["spk_id"], instruct_text=fields["instruct_text"])
+
+
+@router.api_route("/inference_instruct2", methods=_METHODS, response_class=Response)
+async def inference_instruct2(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    fields = await _fields(request, "tts_text", "instruct_text", "prompt_wav")
+    prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
+    return _pcm(
+        synth, fields["tts_text"], mode=Mode.INSTRUCT2, prompt_audio=prompt, instruct_text=fields["instruct_text"]
+    )
+
+
+async def _fields(request: Request, *names: str) -> dict:
+    """The named fields from the query string and the form body; 422 if one is missing."""
+    values: dict = dict(request.query_params)
+    if request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form()
+        values.update(form)
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise HTTPException(422, f"missing field(s): {', '.join(missing)}")
+    for name in names:
+        is_file = name == "prompt_wav"
+        if is_file != isinstance(values[name], UploadFile):
+            raise HTTPException(422, f"field '{name}' must be {'a file' if is_file else 'text'}")
+    return values
+
+
+def _pcm(synth: Synthesizer, text: str, **fields) -> Response:
+    stream = synth.open(text, **fields)
+    return AudioStreamingResponse(
+        stream, PcmEncoder(stream.sample_rate), {"X-Sample-Rate": str(stream.sample_rate)},
+        media_type="application/octet-stream",
+    )  # fmt: skip

@@ -1,0 +1,151 @@
+"""Real-time sessions: the WebSocket endpoint and the control API that drives any session.
+
+``/ws/v1/session`` opens a session over a WebSocket. The control API works
+on every session whatever its transport (WebSocket, WebRTC, telephony), so a
+bot can steer a browser call or a phone call: list, say, cancel, close, and
+follow the events over SSE or a WebSocket.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, HTTPException, Request, WebSocket
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+
+from cosyvoice import InvalidRequest
+from gateway.settings import Settings
+from signaling.manager import SessionManager
+from signaling.protocol import ProtocolError
+from signaling.session import Session, SessionClosed, VoiceSettings
+from signaling.websocket import AudioFormat, WebSocketTransport
+
+router = APIRouter(tags=["sessions"])
+
+
+class Say(BaseModel):
+    text: str
+    flush: bool = False
+
+
+def open_session(app, transport: str, output_rate: int, voice_fields: dict) -> Session:
+    """A new session registered with the manager; raises ``InvalidRequest`` for a bad voice."""
+    speech = app.state.session_speech
+    settings: Settings = app.state.settings
+    voice = speech.parse_voice(voice_fields, VoiceSettings())
+    speech.check(voice)
+    clause_options = {
+        "first_clause_chars": settings.engine.first_clause_chars,
+        "clause_chars": settings.engine.clause_chars,
+        "max_chars": settings.engine.max_clause_chars,
+    }
+    session = Session(speech, transport=transport, output_rate=output_rate, voice=voice, clause_options=clause_options)
+    return app.state.sessions.add(session)
+
+
+@router.websocket("/ws/v1/session")
+async def websocket_session(websocket: WebSocket) -> None:
+    """Query: ``format`` (pcm|opus), ``sample_rate`` (pcm), ``voice``, ``mode``, ``speed``, ``text`` (first words)."""
+    settings: Settings = websocket.app.state.settings
+    query = websocket.query_params
+    await websocket.accept()
+    try:
+        audio = AudioFormat.from_query(query.get("format"), query.get("sample_rate"))
+        session = open_session(websocket.app, "websocket", audio.sample_rate, dict(query))
+    except (ProtocolError, InvalidRequest) as error:
+        await websocket.send_json({"type": "error", "message": str(error)})
+        await websocket.close(code=1008, reason=str(error)[:120])
+        return
+    transport = WebSocketTransport(
+        websocket,
+        session,
+        audio,
+        websocket.app.state.session_speech.parse_voice,
+        lead=settings.session.lead_ms / 1000,
+        opus_bitrate=settings.session.opus_bitrate,
+    )
+    if query.get("text"):
+        session.say(query["text"], flush=True)
+    await transport.run()
+
+
+@router.get("/v1/sessions")
+async def list_sessions(request: Request) -> dict:
+    return {"sessions": [session.describe() for session in request.app.state.sessions.list()]}
+
+
+@router.get("/v1/sessions/{session_id}")
+async def get_session(session_id: str, request: Request) -> dict:
+    return _session(request.app, session_id).describe()
+
+
+@router.post("/v1/sessions/{session_id}/say")
+async def say(session_id: str, body: Say, request: Request) -> dict:
+    session = _session(request.app, session_id)
+    try:
+        utterance = session.say(body.text, flush=body.flush)
+    except SessionClosed as error:
+        raise HTTPException(409, str(error)) from error
+    return {"session_id": session.id, "utterance_id": utterance.id}
+
+
+@router.post("/v1/sessions/{session_id}/flush")
+async def flush(session_id: str, request: Request) -> dict:
+    utterance = _session(request.app, session_id).flush()
+    return {"session_id": session_id, "utterance_id": utterance.id if utterance else None}
+
+
+@router.post("/v1/sessions/{session_id}/cancel")
+async def cancel(session_id: str, request: Request) -> dict:
+    cancelled = _session(request.app, session_id).cancel("control api")
+    return {"session_id": session_id, "cancelled": cancelled}
+
+
+@router.delete("/v1/sessions/{session_id}", status_code=204, response_class=Response)
+async def close(session_id: str, request: Request) -> Response:
+    await _session(request.app, session_id).close("closed by control api")
+    return Response(status_code=204)
+
+
+@router.get("/v1/sessions/{session_id}/events")
+async def events_sse(session_id: str, request: Request) -> StreamingResponse:
+    """The session's events as server-sent events, until the session closes."""
+    subscription = _session(request.app, session_id).events.subscribe()
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            yield b": connected\n\n"
+            async for event in subscription:
+                yield f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+        finally:
+            subscription.close()
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.websocket("/v1/sessions/{session_id}/events")
+async def events_ws(websocket: WebSocket, session_id: str) -> None:
+    session = websocket.app.state.sessions.get(session_id)
+    await websocket.accept()
+    if session is None:
+        await websocket.close(code=1008, reason="no such session")
+        return
+    subscription = session.events.subscribe()
+    try:
+        async for event in subscription:
+            await websocket.send_text(json.dumps(event, ensure_ascii=False))
+        await websocket.close()
+    except Exception:
+        pass  # the watcher went away
+    finally:
+        subscription.close()
+
+
+def _session(app, session_id: str) -> Session:
+    manager: SessionManager = app.state.sessions
+    session = manager.get(session_id)
+    if session is None:
+        raise HTTPException(404, f"no session '{session_id}'")
+    return session

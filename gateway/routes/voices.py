@@ -1,0 +1,138 @@
+"""The voice registry over HTTP: create, list, get, rename, delete, import and export."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from starlette.datastructures import UploadFile as FormFile
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from gateway.dependencies import get_synthesizer
+from gateway.synthesis import Synthesizer, UndecodableAudio
+from media.containers import wav_bytes
+
+router = APIRouter(prefix="/v1/voices", tags=["voices"])
+
+SPK2INFO_KEY = "spk2info"  # features imported from (or exportable to) a CosyVoice spk2info.pt
+
+
+class VoiceJson(BaseModel):
+    id: str
+    prompt_text: str = ""
+    audio_base64: str
+
+
+class Rename(BaseModel):
+    id: str
+
+
+@router.get("")
+async def list_voices(synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+    return {
+        "builtin": list(synth.engine.capabilities.voices),
+        "voices": [info.as_dict() for info in synth.registry.list()],
+    }
+
+
+@router.post("", status_code=201)
+async def create_voice(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+    """Multipart (``id``, ``prompt_text``, ``audio`` file) or JSON (``id``, ``prompt_text``, ``audio_base64``).
+
+    Undecodable audio is 415; audio that decodes but is unfit as a prompt is 400.
+    """
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            voice_id, prompt_text, upload = form.get("id"), form.get("prompt_text", ""), form.get("audio")
+            if not (isinstance(voice_id, str) and isinstance(prompt_text, str) and isinstance(upload, FormFile)):
+                raise HTTPException(422, "multipart fields: id (text), prompt_text (text), audio (file)")
+            audio = await synth.audio_from_upload(upload, "audio")
+        elif content_type.startswith("application/json"):
+            try:
+                body = VoiceJson.model_validate_json(await request.body())
+            except ValueError as error:
+                raise HTTPException(422, f"invalid voice JSON: {error}") from error
+            voice_id, prompt_text = body.id, body.prompt_text
+            audio = synth.audio_from_base64(body.audio_base64, "audio_base64")
+        else:
+            raise HTTPException(415, "send multipart/form-data or application/json")
+    except UndecodableAudio as error:
+        raise HTTPException(415, str(error)) from error
+    return synth.registry.create(voice_id, audio, prompt_text).as_dict()
+
+
+@router.get("/export", response_class=Response)
+async def export_spk2info(synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    """Saved voices that carry CosyVoice speaker features, as a ``spk2info.pt`` file."""
+    torch = _torch()
+    entries = {}
+    for voice_id in synth.registry.ids():
+        features = synth.registry.get(voice_id).features.get(SPK2INFO_KEY)
+        if features:
+            entries[voice_id] = {name: torch.from_numpy(np.asarray(value)) for name, value in features.items()}
+    buffer = io.BytesIO()
+    torch.save(entries, buffer)
+    return Response(
+        buffer.getvalue(),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": "attachment; filename=spk2info.pt"},
+    )
+
+
+@router.post("/import")
+async def import_spk2info(
+    file: UploadFile = File(...), replace: bool = Form(False), synth: Synthesizer = Depends(get_synthesizer)
+) -> dict:
+    """Add the entries of a CosyVoice ``spk2info.pt`` (a dict of speaker id -> dict of tensors)."""
+    torch = _torch()
+    data = await file.read(synth.settings.limits.max_upload_bytes + 1)
+    if len(data) > synth.settings.limits.max_upload_bytes:
+        raise HTTPException(413, "spk2info file too large")
+    try:
+        entries = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise HTTPException(415, f"not a readable spk2info.pt: {error}") from error
+    if not isinstance(entries, dict) or not all(isinstance(value, dict) for value in entries.values()):
+        raise HTTPException(415, "spk2info.pt must hold a dict of speaker id -> dict of tensors")
+    imported = []
+    for voice_id, entry in entries.items():
+        arrays = {name: value.detach().cpu().numpy() for name, value in entry.items() if torch.is_tensor(value)}
+        synth.registry.create(str(voice_id), None, features={SPK2INFO_KEY: arrays}, source="spk2info", replace=replace)
+        imported.append(str(voice_id))
+    return {"imported": imported}
+
+
+@router.get("/{voice_id}")
+async def get_voice(voice_id: str, synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+    return synth.registry.info(voice_id).as_dict()
+
+
+@router.get("/{voice_id}/audio", response_class=Response)
+async def get_voice_audio(voice_id: str, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    audio = synth.registry.get(voice_id).prompt_audio
+    if audio is None:
+        raise HTTPException(404, f"voice '{voice_id}' has no prompt audio (imported features only)")
+    return Response(wav_bytes(audio.samples, audio.sample_rate), media_type="audio/wav")
+
+
+@router.patch("/{voice_id}")
+async def rename_voice(voice_id: str, body: Rename, synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+    return synth.registry.rename(voice_id, body.id).as_dict()
+
+
+@router.delete("/{voice_id}", status_code=204, response_class=Response)
+async def delete_voice(voice_id: str, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+    synth.registry.delete(voice_id)
+    return Response(status_code=204)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as error:
+        raise HTTPException(501, "spk2info import/export needs torch (install the 'cosyvoice' extra)") from error
+    return torch

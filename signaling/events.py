@@ -1,0 +1,71 @@
+"""Session events: one hub per session, any number of bounded subscribers.
+
+A slow subscriber never blocks the session or other subscribers: when its
+queue is full the oldest event is dropped and the loss is counted and
+reported in the next event it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+_CLOSED = object()
+
+
+class Subscription:
+    """An async iterator of event dicts; ends when the session closes."""
+
+    def __init__(self, hub: EventHub, maxsize: int) -> None:
+        self._hub = hub
+        self._queue: asyncio.Queue[dict | object] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def _offer(self, event: dict | object) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(event)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict:
+        event = await self._queue.get()
+        if event is _CLOSED:
+            raise StopAsyncIteration
+        if self.dropped:
+            event = {**event, "dropped_events": self.dropped}
+            self.dropped = 0
+        return event
+
+    def close(self) -> None:
+        self._hub._subscribers.discard(self)
+
+
+class EventHub:
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self._subscribers: set[Subscription] = set()
+        self.closed = False
+
+    def subscribe(self, maxsize: int = 1000) -> Subscription:
+        subscription = Subscription(self, maxsize)
+        if self.closed:
+            subscription._offer(_CLOSED)
+        else:
+            self._subscribers.add(subscription)
+        return subscription
+
+    def emit(self, kind: str, **fields: Any) -> dict:
+        event = {"type": kind, "session_id": self.session_id, "time": round(time.time(), 3), **fields}
+        for subscription in list(self._subscribers):
+            subscription._offer(event)
+        return event
+
+    def close(self) -> None:
+        self.closed = True
+        for subscription in list(self._subscribers):
+            subscription._offer(_CLOSED)
+        self._subscribers.clear()

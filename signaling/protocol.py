@@ -1,0 +1,72 @@
+"""The one message vocabulary of real-time sessions (WebSocket and WebRTC data channel).
+
+Client messages are JSON objects with a ``type``; see ``docs/sessions.md``.
+Audio never travels in these messages: it goes as binary WebSocket messages
+or on the WebRTC audio track.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from cosyvoice import SynthesisError
+from signaling.session import Session, SessionClosed, VoiceSettings
+
+VoiceParser = Callable[[dict[str, Any], VoiceSettings], VoiceSettings]
+
+MAX_MESSAGE_CHARS = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """A client message that cannot be understood."""
+
+
+def parse(raw: str | bytes) -> dict[str, Any]:
+    if len(raw) > MAX_MESSAGE_CHARS:
+        raise ProtocolError(f"message longer than {MAX_MESSAGE_CHARS} characters")
+    try:
+        message = json.loads(raw)
+    except ValueError as error:
+        raise ProtocolError(f"not JSON: {error}") from error
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError('a message is a JSON object with a string "type"')
+    return message
+
+
+def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -> dict[str, Any] | None:
+    """Carry out one client message; returns a direct reply, if the message has one.
+
+    Problems become ``error`` events (with the offending message's type), so
+    the session survives a bad message.
+    """
+    kind = message["type"]
+    try:
+        if kind in ("text", "say"):
+            text = message.get("text")
+            if not isinstance(text, str):
+                raise ProtocolError('"text" must be a string')
+            utterance = session.say(text, flush=bool(message.get("flush", False)))
+            return {"type": "text.accepted", "utterance_id": utterance.id}
+        if kind == "flush":
+            utterance = session.flush()
+            return {"type": "flushed", "utterance_id": utterance.id if utterance else None}
+        if kind == "cancel":
+            session.cancel(str(message.get("reason", "cancel")))
+            return None
+        if kind == "mark":
+            name = message.get("name")
+            if not isinstance(name, str) or not name:
+                raise ProtocolError('"name" must be a non-empty string')
+            session.mark(name)
+            return None
+        if kind == "session.update":
+            session.configure(parse_voice(message, session.voice))
+            return {"type": "session.updated", "session": session.describe()}
+        if kind == "ping":
+            return {"type": "pong", "id": message.get("id")}
+        raise ProtocolError(f"unknown message type '{kind}'")
+    except (ProtocolError, SynthesisError, SessionClosed) as error:
+        session.events.emit("error", message=str(error), request_type=kind)
+        return None

@@ -1,0 +1,343 @@
+"""The session core: incremental text in, paced audio out, the same for every transport.
+
+Text arrives in pieces (an LLM's tokens, a phone script, a browser). It is
+split into clauses as it arrives and each clause is synthesized as soon as
+it is complete, so the listener hears the start of a reply before its end
+has been written. Text between two flushes is one utterance. ``cancel``
+(barge-in) stops the engine work and drops every queued sample at once.
+
+Audio goes into a :class:`~media.playout.PlayoutBuffer` at the transport's
+rate; the transport reads it at real-time pace and hands each frame's report
+back to :meth:`Session.on_frame`, which turns it into events: marks, played
+time, utterance done. Events are published on the session's
+:class:`~signaling.events.EventHub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cosyvoice import Audio, AudioStream, Mode, SynthesisError
+from cosyvoice.text import ClauseSplitter
+from media.playout import Frame, PlayoutBuffer
+from media.resample import StreamResampler
+from signaling.events import EventHub
+
+log = logging.getLogger(__name__)
+
+PLAYBACK_EVENT_INTERVAL = 0.5  # seconds between "playback" progress events
+KEPT_UTTERANCES = 50
+
+
+@dataclass
+class VoiceSettings:
+    """How a session speaks; any transport can change it between utterances."""
+
+    voice: str | None = None
+    mode: Mode = Mode.SFT
+    speed: float = 1.0
+    seed: int = 0
+    instruct_text: str = ""
+    prompt_text: str = ""
+    prompt_audio: Audio | None = None
+
+
+class SpeechSource(Protocol):
+    """Where a session gets audio: the gateway's engine and voice registry."""
+
+    def check(self, voice: VoiceSettings) -> None:
+        """Raise ``InvalidRequest`` if ``voice`` cannot be used."""
+
+    def open(self, text: str, voice: VoiceSettings) -> AudioStream:
+        """Start synthesis of one clause."""
+
+
+class SessionClosed(Exception):
+    pass
+
+
+@dataclass
+class Utterance:
+    id: str
+    started: float = field(default_factory=time.monotonic)
+    text: str = ""
+    flushed: bool = False
+    state: str = "speaking"  # speaking, done, cancelled, failed
+    first_audio_latency: float | None = None  # from the text that completed the first clause
+    audio_samples: int = 0
+    played_samples: int = 0
+
+    def summary(self, sample_rate: int) -> dict:
+        return {
+            "utterance_id": self.id,
+            "state": self.state,
+            "text": self.text,
+            "first_audio_ms": None if self.first_audio_latency is None else round(self.first_audio_latency * 1000, 1),
+            "audio_ms": round(self.audio_samples * 1000 / sample_rate),
+            "played_ms": round(self.played_samples * 1000 / sample_rate),
+        }
+
+
+@dataclass
+class _Job:
+    utterance: Utterance
+    kind: str  # "clause", "mark" or "end"
+    text: str = ""
+    since: float = 0.0  # when the text that completed the clause arrived
+
+
+class Session:
+    """One listener's stream of speech."""
+
+    def __init__(
+        self,
+        speech: SpeechSource,
+        *,
+        transport: str,
+        output_rate: int,
+        voice: VoiceSettings | None = None,
+        clause_options: dict[str, int] | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.id = session_id or "s_" + secrets.token_hex(8)
+        self.transport = transport
+        self.voice = voice or VoiceSettings()
+        self.created = time.time()
+        self.buffer = PlayoutBuffer(output_rate)
+        self.events = EventHub(self.id)
+        self.utterances: dict[str, Utterance] = {}
+        self.closed = False
+        self.close_reason = ""
+        self._speech = speech
+        self._splitter = ClauseSplitter(**(clause_options or {}))
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._current: Utterance | None = None
+        self._count = 0
+        self._last_activity = time.monotonic()
+        self._last_playback_event = 0.0
+        self._on_close: list[Callable[[], object]] = []
+        self._worker = asyncio.get_running_loop().create_task(self._synthesize(), name=f"session {self.id}")
+
+    # Control: any transport, or the control API, drives a session through these.
+
+    def configure(self, voice: VoiceSettings) -> None:
+        self._speech.check(voice)
+        self.voice = voice
+        self._touch()
+
+    def say(self, text: str, *, flush: bool = False) -> Utterance:
+        """Add text to the current utterance (starting one if needed)."""
+        self._check_open()
+        utterance = self._current or self._start_utterance()
+        utterance.text += text
+        now = time.monotonic()
+        for clause in self._splitter.feed(text):
+            self._jobs.put_nowait(_Job(utterance, "clause", clause, now))
+        if flush:
+            self.flush()
+        self._touch()
+        return utterance
+
+    def flush(self) -> Utterance | None:
+        """End of the current utterance's text: speak the rest, then report it done."""
+        self._check_open()
+        utterance = self._current
+        if utterance is None:
+            return None
+        now = time.monotonic()
+        for clause in self._splitter.flush():
+            self._jobs.put_nowait(_Job(utterance, "clause", clause, now))
+        self._jobs.put_nowait(_Job(utterance, "end"))
+        utterance.flushed = True
+        self._current = None
+        self._touch()
+        return utterance
+
+    def mark(self, name: str) -> None:
+        """A named point after all text so far; a ``mark`` event says when it was played."""
+        self._check_open()
+        utterance = self._current or self._start_utterance()
+        for clause in self._splitter.flush():  # a mark ends the clause it follows
+            self._jobs.put_nowait(_Job(utterance, "clause", clause, time.monotonic()))
+        self._jobs.put_nowait(_Job(utterance, "mark", name))
+        self._touch()
+
+    def cancel(self, reason: str = "cancel") -> list[str]:
+        """Barge-in: stop synthesis, drop queued audio and text; returns the cancelled utterances."""
+        self._splitter.reset()
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        self._worker.cancel()
+        self.buffer.clear()
+        self._current = None
+        cancelled = []
+        for utterance in self.utterances.values():
+            if utterance.state == "speaking":
+                utterance.state = "cancelled"
+                cancelled.append(utterance.id)
+                self.events.emit("utterance.cancelled", reason=reason, **utterance.summary(self.buffer.sample_rate))
+        self.events.emit("audio.cleared", reason=reason, utterances=cancelled)
+        if not self.closed:
+            self._worker = asyncio.get_running_loop().create_task(self._synthesize(), name=f"session {self.id}")
+        self._touch()
+        return cancelled
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` (sync, or returning an awaitable) when the session closes."""
+        self._on_close.append(callback)
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._worker.cancel()
+        self._splitter.reset()
+        self.buffer.clear()
+        for utterance in self.utterances.values():
+            if utterance.state == "speaking":
+                utterance.state = "cancelled"
+        self.events.emit("session.closed", reason=reason, stats=self.stats())
+        self.events.close()
+        for callback in self._on_close:
+            try:
+                result = callback()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("session %s: close callback failed", self.id)
+        log.info("session end %s", {"session_id": self.id, "transport": self.transport, "reason": reason, **self.stats()})
+
+    # The transport's side.
+
+    def on_frame(self, frame: Frame) -> None:
+        """Turn what a paced read played into events."""
+        rate = self.buffer.sample_rate
+        for tag in frame.tags:
+            utterance = self.utterances.get(tag)
+            if utterance is not None:
+                utterance.played_samples = self.buffer.played.get(tag, 0)
+        for reached in frame.reached:
+            utterance = self.utterances.get(reached.tag)
+            if utterance is None:
+                continue
+            if reached.kind == "mark":
+                self.events.emit("mark", name=reached.name, utterance_id=utterance.id, played_ms=round(reached.played * 1000 / rate))
+            elif utterance.state == "speaking":
+                utterance.state = "done"
+                utterance.played_samples = reached.played
+                self.events.emit("utterance.done", **utterance.summary(rate))
+                self.buffer.forget(reached.tag)
+        now = time.monotonic()
+        if frame.audio:
+            self._last_activity = now
+            if now - self._last_playback_event >= PLAYBACK_EVENT_INTERVAL and frame.tags:
+                self._last_playback_event = now
+                utterance = self.utterances.get(frame.tags[-1])
+                if utterance is not None:
+                    self.events.emit("playback", utterance_id=utterance.id, played_ms=round(utterance.played_samples * 1000 / rate))
+
+    def idle_for(self) -> float:
+        """Seconds with no text, no control and no audio playing."""
+        if not self.buffer.idle or not self._jobs.empty():
+            return 0.0
+        return time.monotonic() - self._last_activity
+
+    def touch(self) -> None:
+        """Count inbound traffic (caller audio, pings) as activity."""
+        self._touch()
+
+    def stats(self) -> dict:
+        rate = self.buffer.sample_rate
+        latencies = [u.first_audio_latency for u in self.utterances.values() if u.first_audio_latency is not None]
+        return {
+            "utterance_count": len(self.utterances),
+            "first_audio_ms_p50": round(sorted(latencies)[len(latencies) // 2] * 1000, 1) if latencies else None,
+            "underrun_ms": round(self.buffer.underrun_total * 1000 / rate),
+            "buffered_ms": round(self.buffer.buffered * 1000 / rate),
+        }
+
+    def describe(self) -> dict:
+        return {
+            "session_id": self.id,
+            "transport": self.transport,
+            "created": self.created,
+            "voice": self.voice.voice,
+            "mode": self.voice.mode.value,
+            "sample_rate": self.buffer.sample_rate,
+            "closed": self.closed,
+            "utterances": [u.summary(self.buffer.sample_rate) for u in list(self.utterances.values())[-10:]],
+            **self.stats(),
+        }
+
+    # Internals.
+
+    def _start_utterance(self) -> Utterance:
+        self._count += 1
+        utterance = Utterance(f"u{self._count}")
+        self.utterances[utterance.id] = utterance
+        while len(self.utterances) > KEPT_UTTERANCES:
+            del self.utterances[next(iter(self.utterances))]
+        self._current = utterance
+        self.events.emit("utterance.started", utterance_id=utterance.id)
+        return utterance
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SessionClosed(f"session {self.id} is closed ({self.close_reason})")
+
+    def _touch(self) -> None:
+        self._last_activity = time.monotonic()
+
+    async def _synthesize(self) -> None:
+        """Clause jobs in order, one engine stream at a time, into the playout buffer."""
+        while True:
+            job = await self._jobs.get()
+            utterance = job.utterance
+            if job.kind == "end":
+                self.buffer.end(utterance.id)
+            elif job.kind == "mark":
+                self.buffer.mark(job.text, utterance.id)
+            elif utterance.state == "speaking":
+                await self._speak(job)
+
+    async def _speak(self, job: _Job) -> None:
+        utterance = job.utterance
+        try:
+            stream = self._speech.open(job.text, self.voice)
+        except SynthesisError as error:
+            self._fail(utterance, error)
+            return
+        resampler = StreamResampler(stream.sample_rate, self.buffer.sample_rate)
+        try:
+            async with stream:
+                async for chunk in stream:
+                    self._push(utterance, resampler.process(chunk), job.since)
+            self._push(utterance, resampler.flush(), job.since)
+        except SynthesisError as error:
+            self._fail(utterance, error)
+
+    def _push(self, utterance: Utterance, samples, since: float) -> None:
+        if not len(samples):
+            return
+        if utterance.first_audio_latency is None:
+            utterance.first_audio_latency = time.monotonic() - since
+            self.events.emit(
+                "utterance.first_audio",
+                utterance_id=utterance.id,
+                latency_ms=round(utterance.first_audio_latency * 1000, 1),
+            )
+        utterance.audio_samples += len(samples)
+        self.buffer.push(samples, utterance.id)
+
+    def _fail(self, utterance: Utterance, error: Exception) -> None:
+        log.warning("session %s utterance %s failed: %s", self.id, utterance.id, error)
+        utterance.state = "failed"
+        self.buffer.end(utterance.id)
+        self.events.emit("error", utterance_id=utterance.id, message=str(error))

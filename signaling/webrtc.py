@@ -1,0 +1,187 @@
+"""Sessions over WebRTC (aiortc): an Opus track paced from the playout buffer, a data channel for control.
+
+The outgoing track produces one 20 ms frame per tick of the wall clock, from
+the session's playout buffer, or silence when it has nothing (so the RTP
+clock never jumps). It encodes mono Opus at the configured bitrate itself
+(aiortc's own encoder is fixed at 96 kbit/s stereo) off the event loop, and
+hands aiortc ready packets. Caller audio on an incoming track is drained.
+A data channel, if the peer opens one, speaks the session message vocabulary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+from collections.abc import Sequence
+
+import aioice.ice
+import av
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+from media.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusEncoder
+from media.pacing import FrameClock
+from signaling.protocol import ProtocolError, VoiceParser, apply, parse
+from signaling.session import Session
+
+log = logging.getLogger(__name__)
+
+OUTPUT_RATE = SAMPLE_RATE  # sessions on WebRTC render at Opus's 48 kHz
+_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+
+
+class OfferError(ValueError):
+    """An SDP offer we cannot answer."""
+
+
+def restrict_host_addresses(addresses: Sequence[str]) -> None:
+    """Offer only these local addresses as ICE host candidates (process-wide; empty: all).
+
+    aioice never offers 127.0.0.1 by itself; naming it here makes calls work
+    inside a loopback-only network namespace.
+    """
+    if not addresses:
+        return
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+def ice_servers(urls: Sequence[str]) -> list[RTCIceServer]:
+    """``stun:host:port`` or ``turn:user:password@host:port[?transport=udp]`` strings to aiortc objects."""
+    servers = []
+    for url in urls:
+        scheme, _, rest = url.partition(":")
+        if "@" in rest:
+            credentials, _, address = rest.rpartition("@")
+            username, _, password = credentials.partition(":")
+            servers.append(RTCIceServer(f"{scheme}:{address}", username=username, credential=password))
+        else:
+            servers.append(RTCIceServer(url))
+    return servers
+
+
+class SessionAudioTrack(MediaStreamTrack):
+    """The session's speech as ready Opus packets, one per 20 ms of wall-clock time."""
+
+    kind = "audio"
+
+    def __init__(self, session: Session, bitrate: int) -> None:
+        super().__init__()
+        self.session = session
+        self.clock = FrameClock(FRAME_SAMPLES / SAMPLE_RATE)
+        self._encoder = OpusEncoder(bitrate)
+        self._pts = 0
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self.clock.tick()
+        frame = self.session.buffer.read(FRAME_SAMPLES)
+        self.session.on_frame(frame)
+        data = await asyncio.get_running_loop().run_in_executor(None, self._encoder.encode, frame.samples)
+        packet = av.Packet(data)
+        packet.pts = self._pts
+        packet.time_base = _TIME_BASE
+        self._pts += FRAME_SAMPLES
+        return packet
+
+
+class WebRTCPeer:
+    """One peer connection carrying one session."""
+
+    def __init__(self, session: Session, parse_voice: VoiceParser, *, ice: Sequence[str], bitrate: int) -> None:
+        self.session = session
+        self.parse_voice = parse_voice
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(ice)))
+        self.track = SessionAudioTrack(session, bitrate)
+        self.inbound_frames = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_state)
+        session.on_close(self.close)
+
+    async def answer(self, sdp: str, kind: str = "offer") -> RTCSessionDescription:
+        if kind != "offer":
+            raise OfferError(f"expected an SDP offer, got type '{kind}'")
+        if "m=audio" not in sdp:
+            raise OfferError("the offer has no audio section: add a receiving audio transceiver")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except (ValueError, KeyError, IndexError) as error:
+            raise OfferError(f"cannot parse the SDP offer: {error}") from error
+        self.pc.addTrack(self.track)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.track.stop()
+        await self.pc.close()
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._drain(track))
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        """Caller audio: read as it comes so nothing queues up (voice activity detection hooks in here)."""
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.inbound_frames += 1
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        events = self.session.events.subscribe()
+
+        async def forward() -> None:
+            async for event in events:
+                if channel.readyState == "open":
+                    channel.send(json.dumps(event, ensure_ascii=False))
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            try:
+                reply = apply(self.session, parse(message), self.parse_voice)
+            except ProtocolError as error:
+                reply = {"type": "error", "message": str(error)}
+            if reply is not None and channel.readyState == "open":
+                channel.send(json.dumps(reply, ensure_ascii=False))
+
+        @channel.on("close")
+        def on_close() -> None:
+            events.close()
+
+        def hello() -> None:
+            channel.send(json.dumps({"type": "session.created", "session": self.session.describe()}))
+
+        self._spawn(forward())
+        if channel.readyState == "open":
+            hello()
+        else:
+            channel.on("open", hello)
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("session %s peer connection %s", self.session.id, state)
+        if state in ("failed", "closed"):
+            await self.session.close(f"peer connection {state}")
