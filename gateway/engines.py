@@ -15,7 +15,14 @@ def build_engine(settings: Settings) -> Engine:
         "max_chars": settings.engine.max_clause_chars,
     }
     if settings.engine.model_dir:
-        raise NotImplementedError("CosyVoice model directories are not supported yet")
+        # Imported here: torch is an optional extra, and the embedded voice needs none of it.
+        from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
+
+        return CosyVoiceEngine(
+            CosyVoiceOptions(model_dir=settings.engine.model_dir, device=settings.engine.device),
+            max_text_chars=settings.limits.max_text_chars,
+            clause_options=clause_options,
+        )
     embedded = settings.embedded
     return EmbeddedEngine(
         EmbeddedOptions(

@@ -1,0 +1,258 @@
+"""The CosyVoice engine: an official model directory behind the engine contract.
+
+All torch work runs on one dedicated inference thread (torch releases the
+GIL, so the event loop stays responsive). A request advances one chunk per
+job on that thread, so concurrent requests interleave chunk by chunk and a
+cancelled request stops within one chunk: its producer stops asking for
+chunks, and a flag stops the chunk in progress at the next speech token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cosyvoice.engine import Audio, Capabilities, Emit, Engine, Mode, SynthesisRequest
+from cosyvoice.errors import EngineFailure, InvalidRequest
+from cosyvoice.model.features import prompt_mel, resample
+from cosyvoice.model.loader import Components, load_model
+from cosyvoice.model.pipeline import Cancelled, Prompt, Synthesis, fixed_draws
+from cosyvoice.model.tokenizer import END_OF_PROMPT
+from cosyvoice.text import split_clauses
+
+log = logging.getLogger(__name__)
+
+V3_SYSTEM = "You are a helpful assistant."
+CLONING = (Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC)
+
+
+@dataclass(frozen=True)
+class CosyVoiceOptions:
+    """Settings of the CosyVoice engine."""
+
+    model_dir: str
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    normalize_text: bool = True  # wetext when installed
+    onnx_threads: int = 1
+    first_hop: int = 25  # tokens in the first streamed chunk (plus alignment pad and 3 lookahead)
+    max_hop: int = 100
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' was asked for, but CUDA is not available")
+    return device
+
+
+class CosyVoiceEngine(Engine):
+    """CosyVoice v1/v2/v3 from a model directory; modes reported per loaded model."""
+
+    def __init__(
+        self, options: CosyVoiceOptions, *, max_text_chars: int = 4096, clause_options: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(max_text_chars=max_text_chars)
+        self.options = options
+        self.clause_options = clause_options or {}
+        self.components: Components | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosyvoice")
+        self._capabilities = Capabilities(
+            engine="cosyvoice", model=Path(options.model_dir).name, modes=frozenset(), sample_rate=24000,
+            voices=(), default_voice=None,
+        )
+        self._draws = None
+        self._normalizer = None
+        self._feature_key = ""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load)
+        self._ready = True
+
+    def _load(self) -> None:
+        from cosyvoice.model.frontend import TextNormalizer
+
+        device = resolve_device(self.options.device)
+        c = load_model(self.options.model_dir, device, onnx_threads=self.options.onnx_threads)
+        self.components = c
+        self._normalizer = TextNormalizer(self.options.normalize_text)
+        if c.generation == 3:
+            self._draws = fixed_draws(c.hift)
+        voices = tuple(sorted(k for k, v in c.spk2info.items() if "embedding" in v))
+        modes = {Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.VC}
+        if c.generation > 1:
+            modes.add(Mode.INSTRUCT2)
+        if voices:
+            modes.add(Mode.SFT)
+            if c.generation == 1 and "instruct" in c.name.lower():
+                modes.add(Mode.INSTRUCT)
+        self._capabilities = Capabilities(
+            engine="cosyvoice",
+            model=c.name,
+            modes=frozenset(modes),
+            sample_rate=c.sample_rate,
+            voices=voices,
+            default_voice=voices[0] if voices else None,
+            gpu=device.startswith("cuda"),
+            languages=("zh", "en", "ja", "ko", "yue"),
+        )
+        sizes = [(c.directory / f).stat().st_size for f in ("llm.pt", "flow.pt", "campplus.onnx")]
+        digest = zlib.crc32(repr((c.generation, sizes)).encode()) & 0xFFFFFFFF
+        safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in c.name)[:40]
+        self._feature_key = f"cosyvoice-v{c.generation}.{safe_name}.{digest:08x}"
+        log.info("CosyVoice v%d ready on %s: modes %s", c.generation, device, sorted(m.value for m in modes))
+
+    async def close(self) -> None:
+        self._ready = False
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def feature_key(self) -> str:
+        """The key this model's prompt features are cached under in a saved voice."""
+        return self._feature_key
+
+    # -- requests ---------------------------------------------------------------
+    async def _produce(self, request: SynthesisRequest, emit: Emit) -> None:
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+        try:
+            prompt = await loop.run_in_executor(self._executor, self._prompt, request)
+            for piece in self._pieces(request):
+                chunks = await loop.run_in_executor(self._executor, self._start_piece, request, prompt, piece, cancelled)
+                while True:
+                    chunk = await loop.run_in_executor(self._executor, _next_chunk, chunks)
+                    if chunk is None:
+                        break
+                    if chunk.size:
+                        await emit(chunk.astype(np.float32, copy=False))
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        except (InvalidRequest, Cancelled):
+            raise
+        except Exception as error:
+            log.exception("CosyVoice synthesis failed")
+            raise EngineFailure(f"synthesis failed: {error}") from error
+
+    def _pieces(self, request: SynthesisRequest) -> list[str | None]:
+        """Clauses to speak (each a separate model run); VC has one piece, the source audio."""
+        if request.mode is Mode.VC:
+            return [None]
+        text = request.text.strip()
+        if "<|" in text and "|>" in text:  # model markup: keep it whole, as written
+            return [text]
+        return split_clauses(self._normalizer(text), **self.clause_options) or [text]
+
+    def _start_piece(self, request: SynthesisRequest, prompt: Prompt, piece: str | None, cancelled: threading.Event):
+        c = self.components
+        seed = request.seed if request.seed > 0 else None
+        generator = torch.Generator().manual_seed(request.seed) if seed else None
+        synthesis = Synthesis(
+            c, prompt, stream=request.stream, speed=request.speed, generator=generator, seed=seed,
+            cancelled=cancelled, draws=self._draws, first_hop=self.options.first_hop, max_hop=self.options.max_hop,
+        )
+        if piece is None:
+            source = self._speech_tokens(request.source_audio).tolist()
+            return synthesis.chunks(iter(source))
+        text = piece
+        if c.generation == 3 and request.mode is Mode.CROSS_LINGUAL and END_OF_PROMPT not in text:
+            text = f"{V3_SYSTEM}{END_OF_PROMPT}{text}"
+        tokens = torch.tensor(c.tokenizer.encode(text), dtype=torch.long, device=prompt.flow_feat.device)
+        return synthesis.chunks(synthesis.speech_tokens(tokens))
+
+    # -- prompts ----------------------------------------------------------------
+    @torch.inference_mode()
+    def _prompt(self, request: SynthesisRequest) -> Prompt:
+        c = self.components
+        device = c.noise.device if c.noise is not None else next(c.flow.parameters()).device
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        no_feat = torch.zeros(1, 0, 80, device=device)
+        mode = request.mode
+        if mode in (Mode.SFT, Mode.INSTRUCT):
+            voice = self.resolve_voice(request.voice)
+            embedding = c.spk2info[voice]["embedding"].float().view(1, -1).to(device)
+            prompt_text = empty
+            llm_embedding: torch.Tensor | None = embedding
+            if mode is Mode.INSTRUCT:
+                prompt_text = self._text_ids(_with_end(request.instruct_text), device)
+                llm_embedding = None  # upstream drops it: the instruction, not the voice, sets the style
+            return Prompt(prompt_text, empty, llm_embedding, empty, no_feat, embedding)
+
+        features = self._voice_features(request)
+        tokens = torch.from_numpy(features["speech_token"]).long().to(device)
+        feat = torch.from_numpy(features["speech_feat"]).float().to(device).unsqueeze(0)
+        embedding = torch.from_numpy(features["embedding"]).float().view(1, -1).to(device)
+        if mode is Mode.ZERO_SHOT:
+            transcript = request.prompt_text.strip() or (request.saved_voice.prompt_text if request.saved_voice else "")
+            if c.generation == 3 and END_OF_PROMPT not in transcript:
+                transcript = f"{V3_SYSTEM}{END_OF_PROMPT}{transcript}"
+            return Prompt(self._text_ids(transcript, device), tokens, embedding, tokens, feat, embedding)
+        if mode is Mode.INSTRUCT2:
+            instruct = request.instruct_text.strip()
+            if c.generation == 3 and END_OF_PROMPT not in instruct:
+                instruct = f"{V3_SYSTEM} {instruct}"
+            return Prompt(self._text_ids(_with_end(instruct), device), empty, None, tokens, feat, embedding)
+        # cross_lingual and vc: the prompt gives the voice, not the words
+        return Prompt(empty, empty, embedding, tokens, feat, embedding)
+
+    def _text_ids(self, text: str, device: torch.device) -> torch.Tensor:
+        return torch.tensor(self.components.tokenizer.encode(text), dtype=torch.long, device=device)
+
+    def _voice_features(self, request: SynthesisRequest) -> dict[str, np.ndarray]:
+        """Speech tokens, prompt mel and x-vector of the prompt; computed once per saved voice and model."""
+        saved = request.saved_voice
+        if saved is not None:
+            cached = saved.features.get(self._feature_key)
+            if cached is not None:
+                return cached
+            if saved.prompt_audio is None:
+                raise InvalidRequest(f"saved voice '{saved.id}' has no prompt audio")
+            features = self.prompt_features(saved.prompt_audio)
+            saved.remember(self._feature_key, features)
+            return features
+        if request.prompt_audio is None:
+            raise InvalidRequest(f"mode '{request.mode.value}' needs prompt audio")
+        return self.prompt_features(request.prompt_audio)
+
+    def prompt_features(self, audio: Audio) -> dict[str, np.ndarray]:
+        """The frontend's work on a prompt recording (runs on the inference thread)."""
+        c = self.components
+        wave16k = resample(audio.samples, audio.sample_rate, 16000)
+        tokens = c.speech_tokenizer(wave16k)
+        embedding = c.speaker_encoder(wave16k)
+        wave = resample(audio.samples, audio.sample_rate, c.mel.sampling_rate)
+        feat = prompt_mel(torch.from_numpy(wave), c.mel)
+        if c.generation > 1:  # two mel frames per token exactly
+            n = min(feat.size(0) // c.flow.token_mel_ratio, tokens.numel())
+            feat, tokens = feat[: n * c.flow.token_mel_ratio], tokens[:n]
+        return {"speech_token": tokens.numpy(), "speech_feat": feat.numpy(), "embedding": embedding.numpy()}
+
+    def _speech_tokens(self, audio: Audio | None) -> torch.Tensor:
+        if audio is None:
+            raise InvalidRequest("mode 'vc' needs source audio")
+        return self.components.speech_tokenizer(resample(audio.samples, audio.sample_rate, 16000))
+
+
+def _with_end(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith(END_OF_PROMPT) else text + END_OF_PROMPT
+
+
+def _next_chunk(chunks: Any) -> np.ndarray | None:
+    with torch.inference_mode():
+        return next(chunks, None)
