@@ -145,9 +145,8 @@ class Synthesis:
         llm = self.c.llm
         p = self.prompt
         lm_prompt = llm.prompt(text, p.prompt_text, p.llm_speech, p.llm_embedding)
+        # the LLM samples from its own seeded stream, so vocoding between chunks cannot shift its draws
         state = llm.start(lm_prompt, text_len=text.numel(), seed=self.seed)
-        if self.generator is not None:
-            state.generator = self.generator
         silent_run = 0
         while True:
             if self.cancelled.is_set():

@@ -1,0 +1,140 @@
+"""The CosyVoice engine end to end through the contract, on the tiny v2 model (its audio is noise)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from cosyvoice.engine import Audio, Mode, SavedVoice, SynthesisRequest
+from cosyvoice.errors import UnsupportedMode
+from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
+
+RATE = 24000
+PROMPT = Audio((0.3 * np.sin(np.arange(32000) / 16000 * 2 * np.pi * 180)).astype(np.float32), 16000)
+TEXT = "Hello there, this is a test of the tiny model."
+
+
+@pytest.fixture
+async def engine(model_dirs):
+    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[2]), device="cpu"), clause_options={"first_clause_chars": 10})
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+async def collect(engine, request) -> list[np.ndarray]:
+    return [chunk async for chunk in engine.synthesize(request)]
+
+
+async def test_capabilities_are_the_models(engine):
+    caps = engine.capabilities
+    assert caps.engine == "cosyvoice" and caps.sample_rate == RATE
+    assert caps.modes == {Mode.SFT, Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC}
+    assert caps.voices == ("中文女", "英文男") and caps.default_voice == "中文女"
+
+
+async def test_instruct_is_a_client_error_on_v2(engine):
+    with pytest.raises(UnsupportedMode, match="instruct"):
+        engine.synthesize(SynthesisRequest(text=TEXT, mode=Mode.INSTRUCT, instruct_text="slowly"))
+
+
+async def test_streaming_chunks_rates_and_order(engine):
+    chunks = await collect(engine, SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=7, stream=True))
+    assert all(c.dtype == np.float32 and c.ndim == 1 for c in chunks)
+    assert all(np.abs(c).max() <= 1.0 for c in chunks)
+    # first chunk of a clause: 25 tokens = 50 mel frames = 24000 samples, minus 8 frames held for the seam
+    assert len(chunks[0]) == 50 * 480 - 8 * 480
+    whole = await collect(engine, SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=7, stream=False))
+    streamed, single = np.concatenate(chunks), np.concatenate(whole)
+    assert len(streamed) == len(single)  # same tokens (same seed), same duration: 2 frames x 480 per token
+    assert len(single) % 960 == 0 and len(single) / RATE > 0.5
+
+
+async def test_seed_reproduces_and_speed_shortens(engine):
+    request = SynthesisRequest(text="Same words twice.", mode=Mode.ZERO_SHOT, prompt_audio=PROMPT,
+                               prompt_text="a prompt", seed=3, stream=False)
+    first = np.concatenate(await collect(engine, request))
+    second = np.concatenate(await collect(engine, request))
+    assert np.array_equal(first, second)
+    fast = np.concatenate(await collect(engine, SynthesisRequest(**{**request.__dict__, "speed": 2.0})))
+    assert len(fast) == pytest.approx(len(first) / 2, abs=960 * 2)
+
+
+async def test_every_cloning_mode(engine):
+    for request in (
+        SynthesisRequest(text=TEXT, mode=Mode.CROSS_LINGUAL, prompt_audio=PROMPT, seed=1),
+        SynthesisRequest(text=TEXT, mode=Mode.INSTRUCT2, prompt_audio=PROMPT, instruct_text="Speak slowly.", seed=1),
+        SynthesisRequest(mode=Mode.VC, prompt_audio=PROMPT, source_audio=PROMPT, seed=1),
+    ):
+        audio = np.concatenate(await collect(engine, request))
+        assert len(audio) > RATE * 0.2, request.mode
+    vc = np.concatenate(await collect(engine, SynthesisRequest(mode=Mode.VC, prompt_audio=PROMPT, source_audio=PROMPT)))
+    assert len(vc) == pytest.approx(PROMPT.duration * RATE, abs=960)  # 25 source tokens/s, 2 frames each
+
+
+async def test_saved_voice_features_computed_once(engine, monkeypatch):
+    stored = []
+    voice = SavedVoice(id="bob", prompt_audio=PROMPT, prompt_text="a prompt", store_features=lambda k, v: stored.append(k))
+    calls = []
+    original = engine.prompt_features
+    monkeypatch.setattr(engine, "prompt_features", lambda audio: calls.append(1) or original(audio))
+    for _ in range(2):
+        await collect(engine, SynthesisRequest(text="Hi there.", mode=Mode.ZERO_SHOT, saved_voice=voice, seed=2))
+    assert len(calls) == 1 and stored == [engine.feature_key]
+    assert set(voice.features[engine.feature_key]) == {"speech_token", "speech_feat", "embedding"}
+    assert engine.feature_key.startswith("cosyvoice-v2.")
+
+
+async def test_cancel_stops_the_work_within_a_chunk(engine, monkeypatch):
+    llm = engine.components.llm
+    steps = []
+    original = llm.step
+    monkeypatch.setattr(llm, "step", lambda state, **kw: steps.append(1) or original(state, **kw))
+    long_text = " ".join(["This clause keeps the model busy for a while."] * 12)
+    stream = engine.synthesize(SynthesisRequest(text=long_text, mode=Mode.SFT, seed=5, stream=True))
+    await stream.__anext__()
+    stream.cancel()
+    await asyncio.sleep(0.3)  # the chunk in flight notices the flag at its next token
+    settled = len(steps)
+    await asyncio.sleep(0.5)
+    assert len(steps) == settled
+    assert settled < 12 * 40  # far from the whole text
+
+
+async def test_event_loop_stays_responsive(engine):
+    lags = []
+
+    async def ticker():
+        for _ in range(40):
+            start = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - start - 0.01)
+
+    tick = asyncio.create_task(ticker())
+    await collect(engine, SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=4, stream=True))
+    await tick
+    assert max(lags) < 0.25
+
+
+def test_gateway_serves_a_model_dir(model_dirs, tmp_path):
+    from gateway.settings import Settings
+    from tests.servers import ServerThread
+
+    settings = Settings.model_validate(
+        {"engine": {"model_dir": str(model_dirs[2]), "device": "cpu"}, "paths": {"data_dir": str(tmp_path)}}
+    )
+    server = ServerThread(settings).start(ready_timeout=120)
+    try:
+        health = httpx.get(server.url + "/v1/health").json()
+        assert health["engine"] == "cosyvoice"
+        response = httpx.post(server.url + "/v1/tts/stream", json={"text": TEXT, "seed": 1}, timeout=120)
+        assert response.status_code == 200 and response.headers["x-sample-rate"] == str(RATE)
+        assert len(response.content) > RATE * 2 * 0.5
+        bad = httpx.post(server.url + "/v1/tts", json={"text": TEXT, "mode": "instruct", "instruct_text": "x"}, timeout=30)
+        assert bad.status_code == 400 and "instruct" in bad.text
+    finally:
+        server.stop()
