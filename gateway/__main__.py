@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gpu", nargs="?", type=int, const=0, metavar="INDEX", help="run the engine on CUDA device INDEX (default 0)"
     )
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", help="where voices and other state live")
+    parser.add_argument("--audiosocket-port", type=int, help="serve Asterisk AudioSocket calls on this TCP port")
     parser.add_argument("--log-level", help="debug, info, warning or error")
     return parser.parse_args(argv)
 
@@ -47,6 +48,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("engine", "model_dir"): args.model_dir,
         ("engine", "device"): None if args.gpu is None else f"cuda:{args.gpu}",
         ("paths", "data_dir"): args.data_dir,
+        ("telephony", "audiosocket_port"): args.audiosocket_port,
     }
     overrides: dict[str, dict[str, Any]] = {}
     for (section, key), value in chosen.items():

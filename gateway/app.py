@@ -15,9 +15,10 @@ from gateway import NAME, __version__
 from gateway.engines import build_engine
 from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimit
-from gateway.routes import openai, seed_a, seed_b, sessions, system, unified, voices, webrtc
+from gateway.routes import openai, seed_a, seed_b, sessions, system, telephony, unified, voices, webrtc
 from gateway.settings import Settings
-from gateway.synthesis import SessionSpeech, Synthesizer
+from gateway.sessions import SessionFactory
+from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
 from signaling.webrtc import restrict_host_addresses
 
@@ -35,10 +36,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_start_engine(app, engine))
+        audiosocket = None
+        if settings.telephony.audiosocket_port:
+            audiosocket = telephony.audiosocket_server(app)
+            await audiosocket.start()
+        app.state.audiosocket = audiosocket
         try:
             yield
         finally:
             loading.cancel()
+            if audiosocket is not None:
+                await audiosocket.close()
             await app.state.sessions.close_all()
             await engine.close()
 
@@ -48,12 +56,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine_failure = None
     app.state.registry = registry
     app.state.synthesizer = Synthesizer(engine, registry, settings)
-    app.state.session_speech = SessionSpeech(app.state.synthesizer)
     app.state.sessions = SessionManager(settings.session.idle_timeout)
+    app.state.session_factory = SessionFactory(app.state.synthesizer, settings, app.state.sessions)
     # Base64 in JSON makes an upload a third larger; leave room for the other fields.
     app.add_middleware(BodySizeLimit, limit=settings.limits.max_upload_bytes * 4 // 3 + 64 * 1024)
     install_error_handlers(app)
-    for module in (system, unified, seed_a, seed_b, openai, voices, sessions, webrtc):
+    for module in (system, unified, seed_a, seed_b, openai, voices, sessions, webrtc, telephony):
         app.include_router(module.router)
     return app
 

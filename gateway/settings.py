@@ -55,6 +55,15 @@ class WebRTCSettings(Section):
     host_addresses: list[str] = []
 
 
+class TelephonySettings(Section):
+    twilio_auth_token: str = ""
+    public_url: str = ""
+    audiosocket_host: str = "127.0.0.1"
+    audiosocket_port: int = Field(0, ge=0, le=65535)
+    audiosocket_greeting: str = ""
+    barge_in: bool = True
+
+
 class PathSettings(Section):
     data_dir: str = "data"
     prompt_dir: str = ""
@@ -71,6 +80,7 @@ class Settings(Section):
     embedded: EmbeddedSettings = EmbeddedSettings()
     session: SessionSettings = SessionSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    telephony: TelephonySettings = TelephonySettings()
     paths: PathSettings = PathSettings()
     limits: LimitSettings = LimitSettings()
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from fastapi import HTTPException, UploadFile
 
@@ -19,7 +17,6 @@ from cosyvoice import Audio, AudioStream, Engine, InvalidRequest, Mode, Synthesi
 from cosyvoice.voices import VoiceRegistry, validate_prompt
 from gateway.settings import Settings
 from media.decode import AudioDecodeError, decode_audio
-from signaling.session import VoiceSettings
 
 MAX_SOURCE_SECONDS = 120.0
 
@@ -133,48 +130,3 @@ class Synthesizer:
             raise InvalidRequest(f"{field}: no such file in the prompt directory: {name}")
         return candidate
 
-
-class SessionSpeech:
-    """The engine and registry as a real-time session's speech source."""
-
-    def __init__(self, synth: Synthesizer) -> None:
-        self.synth = synth
-
-    def check(self, voice: VoiceSettings) -> None:
-        self.synth.engine.validate(self._request("check", voice))
-
-    def open(self, text: str, voice: VoiceSettings) -> AudioStream:
-        return self.synth.engine.synthesize(self._request(text, voice))
-
-    def parse_voice(self, fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
-        """Voice settings from a client message or query string, over the current ones."""
-        changes: dict[str, Any] = {}
-        try:
-            for name, kind in (("voice", str), ("instruct_text", str), ("prompt_text", str)):
-                if fields.get(name) is not None:
-                    changes[name] = kind(fields[name])
-            if fields.get("mode") is not None:
-                changes["mode"] = Mode(fields["mode"])
-            if fields.get("speed") is not None:
-                changes["speed"] = float(fields["speed"])
-            if fields.get("seed") is not None:
-                changes["seed"] = int(fields["seed"])
-            if fields.get("prompt_audio_base64"):
-                changes["prompt_audio"] = self.synth.audio_from_base64(fields["prompt_audio_base64"], "prompt_audio_base64")
-        except HTTPException as error:
-            raise InvalidRequest(str(error.detail)) from error
-        except (TypeError, ValueError) as error:
-            raise InvalidRequest(f"bad voice settings: {error}") from error
-        return replace(current, **changes)
-
-    def _request(self, text: str, voice: VoiceSettings) -> SynthesisRequest:
-        return self.synth.request(
-            text,
-            mode=voice.mode,
-            voice=voice.voice,
-            prompt_audio=voice.prompt_audio,
-            prompt_text=voice.prompt_text,
-            instruct_text=voice.instruct_text,
-            speed=voice.speed,
-            seed=voice.seed,
-        )

@@ -21,5 +21,7 @@ if [ ! -f "$stamp" ]; then
   packages=(-e "$spec")
   case ",$extras," in *,cosyvoice,*|*,test,*) packages=("$torch_spec" "${packages[@]}") ;; esac
   .venv/bin/pip install --quiet "${packages[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  # Silero VAD's ONNX model for barge-in; --no-deps: we run it with onnxruntime, not torch.
+  .venv/bin/pip install --quiet --no-deps "silero-vad>=5.1" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   touch "$stamp"
 fi

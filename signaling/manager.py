@@ -18,6 +18,8 @@ class SessionManager:
         self._sweeper: asyncio.Task | None = None
 
     def add(self, session: Session) -> Session:
+        if session.id in self._sessions:
+            raise ValueError(f"a session with id {session.id} is already live")
         self._sessions[session.id] = session
         session.on_close(lambda: self._sessions.pop(session.id, None))
         if self._sweeper is None or self._sweeper.done():

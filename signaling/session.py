@@ -25,7 +25,7 @@ from typing import Protocol
 
 from cosyvoice import Audio, AudioStream, Mode, SynthesisError
 from cosyvoice.text import ClauseSplitter
-from media.playout import Frame, PlayoutBuffer
+from media.playout import Frame, PlayoutBuffer, Reached
 from media.resample import StreamResampler
 from signaling.events import EventHub
 
@@ -216,24 +216,21 @@ class Session:
 
     # The transport's side.
 
-    def on_frame(self, frame: Frame) -> None:
-        """Turn what a paced read played into events."""
+    def on_frame(self, frame: Frame, *, report_reached: bool = True) -> None:
+        """Turn what a paced read played into events.
+
+        A transport whose far end reports playout itself (Twilio echoes marks
+        once the audio before them has played) passes ``report_reached=False``
+        and calls :meth:`on_reached` when the far end confirms.
+        """
         rate = self.buffer.sample_rate
         for tag in frame.tags:
             utterance = self.utterances.get(tag)
             if utterance is not None:
                 utterance.played_samples = self.buffer.played.get(tag, 0)
-        for reached in frame.reached:
-            utterance = self.utterances.get(reached.tag)
-            if utterance is None:
-                continue
-            if reached.kind == "mark":
-                self.events.emit("mark", name=reached.name, utterance_id=utterance.id, played_ms=round(reached.played * 1000 / rate))
-            elif utterance.state == "speaking":
-                utterance.state = "done"
-                utterance.played_samples = reached.played
-                self.events.emit("utterance.done", **utterance.summary(rate))
-                self.buffer.forget(reached.tag)
+        if report_reached:
+            for reached in frame.reached:
+                self.on_reached(reached)
         now = time.monotonic()
         if frame.audio:
             self._last_activity = now
@@ -242,6 +239,25 @@ class Session:
                 utterance = self.utterances.get(frame.tags[-1])
                 if utterance is not None:
                     self.events.emit("playback", utterance_id=utterance.id, played_ms=round(utterance.played_samples * 1000 / rate))
+
+    def on_reached(self, reached: Reached) -> None:
+        """The listener has heard everything up to a mark or an utterance's end."""
+        utterance = self.utterances.get(reached.tag)
+        if utterance is None or utterance.state not in ("speaking", "done"):
+            return  # cancelled: its marks come back from a cleared far-end queue
+        rate = self.buffer.sample_rate
+        if reached.kind == "mark":
+            self.events.emit("mark", name=reached.name, utterance_id=utterance.id, played_ms=round(reached.played * 1000 / rate))
+        elif utterance.state == "speaking":
+            utterance.state = "done"
+            utterance.played_samples = reached.played
+            self.events.emit("utterance.done", **utterance.summary(rate))
+            self.buffer.forget(reached.tag)
+
+    @property
+    def speaking(self) -> bool:
+        """An utterance is being synthesized or played."""
+        return any(utterance.state == "speaking" for utterance in self.utterances.values())
 
     def idle_for(self) -> float:
         """Seconds with no text, no control and no audio playing."""

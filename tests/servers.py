@@ -117,3 +117,13 @@ def get_json_and_status(url: str) -> tuple[dict, int] | None:
     except httpx.HTTPError:
         return None
     return response.json(), response.status_code
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    """``wait_until`` for async tests: keeps the test's own event loop (and its peers) running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")

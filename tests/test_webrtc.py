@@ -12,7 +12,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from gateway.client import WebRTCCall
 from tests.audio_checks import assert_speech_like, window_levels_db
-from tests.servers import ServerThread, wait_until
+from tests.servers import ServerThread, until
 
 REPLY = "Hello there, thanks for calling. Your order has shipped and it should arrive on Tuesday morning."
 
@@ -54,7 +54,7 @@ async def test_cancel_silences_the_track(gateway: ServerThread) -> None:
         # The sender goes silent on its next 20 ms frame; what is still heard after
         # the cancel is what was already in flight and in the receiver's jitter buffer.
         assert not loud_after or max(loud_after) < 0.2, f"heard audio {max(loud_after) * 1000:.0f} ms after cancel"
-        wait_until(lambda: gateway.engine.pool.busy == 0, 2, "engine idle")
+        await until(lambda: gateway.engine.pool.busy == 0, 2, "engine idle")
 
 
 async def test_whip_create_and_delete(gateway: ServerThread) -> None:
@@ -116,4 +116,4 @@ async def test_a_vanished_peer_frees_its_session(gateway: ServerThread) -> None:
     while gateway.app.state.sessions.get(session_id) is not None and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert gateway.app.state.sessions.get(session_id) is None
-    wait_until(lambda: gateway.engine.pool.busy == 0, 2, "engine idle")
+    await until(lambda: gateway.engine.pool.busy == 0, 2, "engine idle")

@@ -19,7 +19,7 @@ from cosyvoice import InvalidRequest
 from gateway.settings import Settings
 from signaling.manager import SessionManager
 from signaling.protocol import ProtocolError
-from signaling.session import Session, SessionClosed, VoiceSettings
+from signaling.session import Session, SessionClosed
 from signaling.websocket import AudioFormat, WebSocketTransport
 
 router = APIRouter(tags=["sessions"])
@@ -30,21 +30,6 @@ class Say(BaseModel):
     flush: bool = False
 
 
-def open_session(app, transport: str, output_rate: int, voice_fields: dict) -> Session:
-    """A new session registered with the manager; raises ``InvalidRequest`` for a bad voice."""
-    speech = app.state.session_speech
-    settings: Settings = app.state.settings
-    voice = speech.parse_voice(voice_fields, VoiceSettings())
-    speech.check(voice)
-    clause_options = {
-        "first_clause_chars": settings.engine.first_clause_chars,
-        "clause_chars": settings.engine.clause_chars,
-        "max_chars": settings.engine.max_clause_chars,
-    }
-    session = Session(speech, transport=transport, output_rate=output_rate, voice=voice, clause_options=clause_options)
-    return app.state.sessions.add(session)
-
-
 @router.websocket("/ws/v1/session")
 async def websocket_session(websocket: WebSocket) -> None:
     """Query: ``format`` (pcm|opus), ``sample_rate`` (pcm), ``voice``, ``mode``, ``speed``, ``text`` (first words)."""
@@ -53,7 +38,7 @@ async def websocket_session(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         audio = AudioFormat.from_query(query.get("format"), query.get("sample_rate"))
-        session = open_session(websocket.app, "websocket", audio.sample_rate, dict(query))
+        session = websocket.app.state.session_factory.open("websocket", audio.sample_rate, dict(query))
     except (ProtocolError, InvalidRequest) as error:
         await websocket.send_json({"type": "error", "message": str(error)})
         await websocket.close(code=1008, reason=str(error)[:120])
@@ -62,7 +47,7 @@ async def websocket_session(websocket: WebSocket) -> None:
         websocket,
         session,
         audio,
-        websocket.app.state.session_speech.parse_voice,
+        websocket.app.state.session_factory.speech.parse_voice,
         lead=settings.session.lead_ms / 1000,
         opus_bitrate=settings.session.opus_bitrate,
     )

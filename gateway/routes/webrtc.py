@@ -7,7 +7,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from cosyvoice import InvalidRequest
-from gateway.routes.sessions import open_session
 from gateway.settings import Settings
 from signaling.session import Session
 from signaling.webrtc import OUTPUT_RATE, OfferError, WebRTCPeer
@@ -60,12 +59,14 @@ async def whip_patch(session_id: str) -> Response:
 async def _answer(request: Request, sdp: str, kind: str, fields: dict) -> tuple[Session, object]:
     settings: Settings = request.app.state.settings
     try:
-        session = open_session(request.app, "webrtc", OUTPUT_RATE, {k: v for k, v in fields.items() if v is not None})
+        session = request.app.state.session_factory.open(
+            "webrtc", OUTPUT_RATE, {k: v for k, v in fields.items() if v is not None}
+        )
     except InvalidRequest as error:
         raise HTTPException(400, str(error)) from error
     peer = WebRTCPeer(
         session,
-        request.app.state.session_speech.parse_voice,
+        request.app.state.session_factory.speech.parse_voice,
         ice=settings.webrtc.ice_servers,
         bitrate=settings.session.opus_bitrate,
     )

@@ -1,0 +1,95 @@
+"""Telephony: Twilio's TwiML webhook and Media Streams socket; the AudioSocket server's wiring."""
+
+from __future__ import annotations
+
+import logging
+from xml.sax.saxutils import quoteattr
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import Response
+
+from gateway.settings import Settings
+from media import vad
+from signaling.audiosocket import AudioSocketCall, AudioSocketServer
+from signaling.twilio import TwilioCall, signature_valid
+
+router = APIRouter(tags=["telephony"])
+log = logging.getLogger(__name__)
+
+STREAM_PATH = "/v1/telephony/twilio/stream"
+STREAM_PARAMETERS = ("voice", "text", "mode", "speed", "instruct_text")
+
+
+@router.post("/v1/telephony/twilio/voice", response_class=Response)
+async def twilio_voice(request: Request) -> Response:
+    """TwiML that connects the call to our Media Streams socket.
+
+    Query parameters ``voice``, ``text`` (what the call says first), ``mode``,
+    ``speed`` and ``instruct_text`` become the stream's custom parameters.
+    """
+    settings: Settings = request.app.state.settings
+    token = settings.telephony.twilio_auth_token
+    if token:
+        form = {key: str(value) for key, value in (await request.form()).items()}
+        if not signature_valid(token, request.headers.get("x-twilio-signature"), _public_url(request, settings), form):
+            raise HTTPException(403, "invalid X-Twilio-Signature")
+    stream_url = _public_url(request, settings, path=STREAM_PATH, query=False).replace("http", "ws", 1)
+    parameters = "".join(
+        f"<Parameter name={quoteattr(name)} value={quoteattr(request.query_params[name])}/>"
+        for name in STREAM_PARAMETERS
+        if name in request.query_params
+    )
+    twiml = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Connect><Stream url={quoteattr(stream_url)}>{parameters}</Stream></Connect></Response>"
+    )
+    return Response(twiml, media_type="application/xml")
+
+
+@router.websocket(STREAM_PATH)
+async def twilio_stream(websocket: WebSocket) -> None:
+    app = websocket.app
+    settings: Settings = app.state.settings
+    token = settings.telephony.twilio_auth_token
+    if token:
+        url = _public_url(websocket, settings).replace("http", "ws", 1)
+        if not signature_valid(token, websocket.headers.get("x-twilio-signature"), url):
+            log.warning("refused a Twilio stream with an invalid signature")
+            await websocket.close(code=1008)  # before accept: the upgrade is answered 403
+            return
+    await websocket.accept()
+    call = TwilioCall(
+        websocket,
+        lambda parameters: app.state.session_factory.open("twilio", 8000, parameters),
+        lead=settings.session.lead_ms / 1000,
+        barge_in=settings.telephony.barge_in and vad.available(),
+    )
+    await call.run()
+
+
+def audiosocket_server(app: FastAPI) -> AudioSocketServer:
+    settings: Settings = app.state.settings
+    telephony = settings.telephony
+
+    def make_call(reader, writer) -> AudioSocketCall:
+        return AudioSocketCall(
+            reader,
+            writer,
+            lambda call_id, rate: app.state.session_factory.open("audiosocket", rate, {}, session_id=call_id),
+            lead=settings.session.lead_ms / 1000,
+            barge_in=telephony.barge_in and vad.available(),
+            greeting=telephony.audiosocket_greeting,
+        )
+
+    return AudioSocketServer(telephony.audiosocket_host, telephony.audiosocket_port, make_call)
+
+
+def _public_url(connection: Request | WebSocket, settings: Settings, *, path: str | None = None, query: bool = True) -> str:
+    """The URL Twilio used (or will use): the configured public base, or the request's own."""
+    url = connection.url
+    base = settings.telephony.public_url.rstrip("/") or f"{url.scheme}://{url.netloc}"
+    base = base.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    tail = path or url.path
+    if query and url.query and path is None:
+        tail += "?" + url.query
+    return base + tail

@@ -1,0 +1,271 @@
+"""Telephony against protocol simulators: Twilio Media Streams and Asterisk AudioSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway.settings import Settings
+from media.g711 import ulaw_decode
+from media.resample import resample
+from signaling.twilio import twilio_signature
+from tests.audio_checks import assert_speech_like, decode_b64_wav, window_levels_db
+from tests.servers import ServerThread, free_port, until
+from tests.telephony_peers import AsteriskPeer, TwilioPeer
+
+TOKEN = "test-auth-token-0123456789"
+REPLY = "Thank you for calling. Your appointment is confirmed for Tuesday at ten in the morning."
+
+
+@pytest.fixture(scope="module")
+def phone(tmp_path_factory: pytest.TempPathFactory) -> ServerThread:
+    settings = Settings.model_validate(
+        {
+            "paths": {"data_dir": str(tmp_path_factory.mktemp("phone"))},
+            "telephony": {"twilio_auth_token": TOKEN, "audiosocket_port": free_port()},
+            "session": {"lead_ms": 100},
+        }
+    )
+    server = ServerThread(settings).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def caller_speech(phone: ServerThread) -> np.ndarray:
+    """A caller saying something, at 8 kHz, starting right on voiced speech."""
+    body = httpx.post(phone.url + "/v1/tts", json={"text": "Hold on, I have a question about that.", "seed": 2}, timeout=30).json()
+    samples, rate = decode_b64_wav(body["audio"])
+    speech = resample(samples, rate, 8000)
+    levels = window_levels_db(speech, 8000)
+    first = int(np.argmax(levels > levels.max() - 25))
+    return speech[first * 160 :] * 1.5
+
+
+class Events:
+    """A session's events as a client sees them: over the control API's SSE stream."""
+
+    def __init__(self, server: ServerThread, session_id: str) -> None:
+        self.url = f"{server.url}/v1/sessions/{session_id}/events"
+        self.events: list[tuple[float, dict]] = []
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def _follow(self) -> None:
+        async with httpx.AsyncClient(timeout=None) as client, client.stream("GET", self.url) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    self.events.append((time.monotonic(), json.loads(line[6:])))
+
+    async def wait(self, kind: str, timeout: float = 30) -> tuple[float, dict]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for at, event in self.events:
+                    if event["type"] == kind:
+                        return at, event
+                await asyncio.sleep(0.01)
+
+    def kinds(self) -> list[str]:
+        return [event["type"] for _, event in self.events]
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+def stream_url(server: ServerThread) -> str:
+    return server.url.replace("http", "ws") + "/v1/telephony/twilio/stream"
+
+
+async def twilio_call(server: ServerThread, **options) -> TwilioPeer:
+    peer = TwilioPeer(stream_url(server), auth_token=TOKEN, **options)
+    await peer.connect()
+    deadline = time.monotonic() + 5
+    while not _twilio_sessions(server) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return peer
+
+
+def _twilio_sessions(server: ServerThread) -> list:
+    return [s for s in server.app.state.sessions.list() if s.transport == "twilio"]
+
+
+async def test_twilio_call_is_paced_and_marked(phone: ServerThread) -> None:
+    peer = await twilio_call(phone, parameters={"text": REPLY})
+    try:
+        events = Events(phone, _twilio_sessions(phone)[-1].id)
+        done = await events.wait("utterance.done")
+        heard_until = max(at for at, audio in peer.played if np.abs(audio).max() > 0.01)
+        assert done[0] >= heard_until, "done is reported only after the caller heard the last audio"
+        assert any(name.startswith("end-") for _, name in peer.marks_echoed)
+        audio = ulaw_decode(b"".join(payload for _, payload in peer.received)) / np.float32(32768.0)
+        assert {len(payload) for _, payload in peer.received} == {160}, "20 ms of μ-law per message"
+        assert_speech_like(audio, 8000, min_seconds=4, max_seconds=12)
+        # Real-time pace: never more than the lead (plus a frame of slack) ahead of the wall clock.
+        first = peer.received[0][0]
+        for index, (at, _) in enumerate(peer.received):
+            assert index * 0.02 - (at - first) <= 0.1 + 0.03, f"message {index} came {index * 0.02 - (at - first):.3f} s early"
+        span = peer.received[-1][0] - first
+        assert span > len(audio) / 8000 - 0.25
+        assert done[1]["played_ms"] == done[1]["audio_ms"]
+    finally:
+        await peer.stop()
+
+
+async def test_cancel_sends_clear_and_stops_the_audio(phone: ServerThread) -> None:
+    peer = await twilio_call(phone, parameters={"text": " ".join([REPLY] * 3)})
+    try:
+        session = _twilio_sessions(phone)[-1]
+        while len(peer.received) < 50:
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=phone.url) as client:
+            response = await client.post(f"/v1/sessions/{session.id}/cancel")
+        assert response.json()["cancelled"] == ["u1"]
+        cancelled_at = time.monotonic()
+        await asyncio.sleep(0.5)
+        assert peer.clears and peer.clears[0] - cancelled_at < 0.1
+        late = [at for at, _ in peer.received if at > peer.clears[0] + 0.05]
+        assert not late, f"{len(late)} media messages after clear"
+    finally:
+        await peer.stop()
+
+
+async def test_dtmf_reaches_the_event_stream(phone: ServerThread) -> None:
+    peer = await twilio_call(phone)
+    try:
+        events = Events(phone, _twilio_sessions(phone)[-1].id)
+        await asyncio.sleep(0.2)
+        await peer.dtmf("7")
+        _, event = await events.wait("dtmf", timeout=5)
+        assert event["digit"] == "7"
+    finally:
+        await peer.stop()
+
+
+async def test_caller_speech_barges_in_within_100_ms(phone: ServerThread, caller_speech: np.ndarray) -> None:
+    peer = await twilio_call(phone, parameters={"text": " ".join([REPLY] * 3)}, echo_db=-20)
+    try:
+        events = Events(phone, _twilio_sessions(phone)[-1].id)
+        while len(peer.played) < 60 or not any(np.abs(a).max() > 0.05 for _, a in peer.played[-5:]):
+            await asyncio.sleep(0.02)
+        await peer.say(caller_speech)
+        _, event = await events.wait("barge_in", timeout=5)
+        await asyncio.sleep(0.1)
+        assert peer.clears, "barge-in clears Twilio's queue"
+        reaction = peer.clears[0] - peer.speech_sent_at
+        assert reaction < 0.1, f"clear came {reaction * 1000:.0f} ms after the caller started speaking"
+        assert event["utterances"] == ["u1"]
+    finally:
+        await peer.stop()
+
+
+async def test_our_own_echo_does_not_barge_in(phone: ServerThread) -> None:
+    peer = await twilio_call(phone, parameters={"text": REPLY}, echo_db=-20)
+    try:
+        events = Events(phone, _twilio_sessions(phone)[-1].id)
+        await events.wait("utterance.done")
+        assert "barge_in" not in events.kinds() and "speech.started" not in events.kinds()
+        assert not peer.clears
+    finally:
+        await peer.stop()
+
+
+async def test_bad_input_ends_nothing_but_itself(phone: ServerThread) -> None:
+    healthy = await twilio_call(phone, parameters={"text": REPLY})
+    broken = await twilio_call(phone)
+    try:
+        await broken.send_raw("{not json")
+        await broken.send_raw('{"event": "mystery"}')
+        await broken.send_raw('{"event": "media", "media": {"payload": "@@@not-base64"}}')
+        await broken.send_raw("[1, 2, 3]")
+        await asyncio.sleep(0.2)
+        assert len(_twilio_sessions(phone)) == 2, "the broken call survives bad messages"
+        broken_session = _twilio_sessions(phone)[-1]
+        await broken.close()  # the socket dies mid-call, without a stop
+        await until(lambda: phone.app.state.sessions.get(broken_session.id) is None, 5, "broken call cleaned up")
+        while not any(name.startswith("end-") for _, name in healthy.marks_echoed):
+            await asyncio.sleep(0.05)
+        assert_speech_like(healthy.heard(), 8000, min_seconds=4, max_seconds=14)
+    finally:
+        await healthy.stop()
+
+
+async def test_signatures_are_checked(phone: ServerThread) -> None:
+    import websockets
+
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(stream_url(phone), additional_headers={"X-Twilio-Signature": "bogus"})
+    assert refused.value.response.status_code == 403
+    url = phone.url + "/v1/telephony/twilio/voice?voice=joe&text=Hi%20there"
+    form = {"CallSid": "CA123", "From": "+15550001111"}
+    async with httpx.AsyncClient() as client:
+        assert (await client.post(url, data=form)).status_code == 403
+        signed = await client.post(url, data=form, headers={"X-Twilio-Signature": twilio_signature(TOKEN, url, form)})
+    assert signed.status_code == 200 and signed.headers["content-type"].startswith("application/xml")
+    assert f'<Stream url="{stream_url(phone)}">' in signed.text
+    assert '<Parameter name="voice" value="joe"/>' in signed.text and '<Parameter name="text" value="Hi there"/>' in signed.text
+
+
+async def test_audiosocket_call_gets_paced_speech(phone: ServerThread) -> None:
+    peer = AsteriskPeer("127.0.0.1", phone.app.state.audiosocket.port)
+    await peer.connect()
+    try:
+        call_id = str(peer.call_id)
+        await until(lambda: phone.app.state.sessions.get(call_id) is not None, 5, "session for the call")
+        events = Events(phone, call_id)
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=phone.url) as client:
+            said = await client.post(f"/v1/sessions/{call_id}/say", json={"text": REPLY, "flush": True})
+            assert said.status_code == 200
+        await events.wait("utterance.done")
+        audio_frames = [(at, payload) for at, kind, payload in peer.frames if kind == 0x10]
+        assert {len(payload) for _, payload in audio_frames} == {320}
+        assert_speech_like(peer.audio(), 8000, min_seconds=4, max_seconds=12)
+        span = audio_frames[-1][0] - audio_frames[0][0]
+        assert span > len(audio_frames) * 0.02 - 0.15, "paced at real time, not a burst"
+        peer.send(0x03, b"5")
+        await asyncio.sleep(0.1)
+        await peer.hangup()
+        await until(lambda: phone.app.state.sessions.get(call_id) is None, 5, "session closed on hangup")
+    finally:
+        await peer.close()
+
+
+async def test_audiosocket_follows_the_callers_rate(phone: ServerThread) -> None:
+    peer = AsteriskPeer("127.0.0.1", phone.app.state.audiosocket.port, kind=0x12)
+    await peer.connect()
+    try:
+        call_id = str(peer.call_id)
+        await until(lambda: phone.app.state.sessions.get(call_id) is not None, 5, "session")
+        session = phone.app.state.sessions.get(call_id)
+        assert session.buffer.sample_rate == 16000
+        session.say("Sixteen kilohertz.", flush=True)
+        while not any(kind == 0x12 for _, kind, _ in peer.frames):
+            await asyncio.sleep(0.05)
+        assert {len(p) for _, k, p in peer.frames if k == 0x12} == {640}
+    finally:
+        await peer.close()
+
+
+async def test_audiosocket_garbage_is_an_error_not_a_crash(phone: ServerThread) -> None:
+    peer = AsteriskPeer("127.0.0.1", phone.app.state.audiosocket.port)
+    await peer.connect(send_audio=False)
+    peer.send(0x10, b"\x00" * 320)
+    peer.send(0x42, b"garbage")
+    async with asyncio.timeout(5):
+        await peer.closed.wait()
+    assert peer.frames and peer.frames[-1][1] == 0xFF, "an error frame before the close"
+    bad_first = AsteriskPeer("127.0.0.1", phone.app.state.audiosocket.port)
+    bad_first._reader, bad_first._writer = await asyncio.open_connection("127.0.0.1", phone.app.state.audiosocket.port)
+    bad_first._writer.write(b"\x10\x00\x02ab")  # audio before the UUID
+    assert (await bad_first._reader.read(3))[:1] == b"\xff"
+    bad_first._writer.close()
+    healthy = AsteriskPeer("127.0.0.1", phone.app.state.audiosocket.port)
+    await healthy.connect()
+    try:
+        await until(lambda: phone.app.state.sessions.get(str(healthy.call_id)) is not None, 5, "the server still serves")
+    finally:
+        await healthy.close()
