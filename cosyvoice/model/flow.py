@@ -154,7 +154,26 @@ class MaskedDiffWithXvec(_Flow):
         return self.solve(mu, prompt_feat, self.speaker(embedding), noise, streaming=False)
 
 
-class CausalMaskedDiffWithXvec(_Flow):
+class _CausalFlow(_Flow):
+    """v2/v3: two mel frames per token, a 3-token lookahead, and the fixed noise table."""
+
+    token_mel_ratio: int
+
+    def mu(self, tokens: Tensor, *, streaming: bool, finalize: bool) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: Tensor, prompt_tokens: Tensor, prompt_feat: Tensor, embedding: Tensor, noise: Tensor,
+        *, streaming: bool = False, finalize: bool = True,
+    ) -> Tensor:
+        """Mel for ``tokens`` after the prompt. Unless ``finalize``, the last ``lookahead`` tokens are only
+        context: their frames are not produced yet. ``streaming`` applies the chunk masks."""
+        mu = self.mu(torch.cat([prompt_tokens, tokens]), streaming=streaming, finalize=finalize)
+        return self.solve(mu, prompt_feat, self.speaker(embedding), noise, streaming=streaming)
+
+
+class CausalMaskedDiffWithXvec(_CausalFlow):
     """v2: chunk-causal upsampling conformer, causal U-Net CFM, 2 mel frames per token."""
 
     def __init__(
@@ -181,18 +200,8 @@ class CausalMaskedDiffWithXvec(_Flow):
         h = self.encoder(x, torch.tensor([x.size(1)], device=x.device), streaming=streaming, context=context)
         return self.encoder_proj(h)
 
-    @torch.inference_mode()
-    def forward(
-        self, tokens: Tensor, prompt_tokens: Tensor, prompt_feat: Tensor, embedding: Tensor, noise: Tensor,
-        *, streaming: bool = False, finalize: bool = True,
-    ) -> Tensor:
-        """Mel for ``tokens`` after the prompt. Unless ``finalize``, the last ``lookahead`` tokens are only
-        context: their frames are not produced yet. ``streaming`` applies the chunk masks."""
-        mu = self.mu(torch.cat([prompt_tokens, tokens]), streaming=streaming, finalize=finalize)
-        return self.solve(mu, prompt_feat, self.speaker(embedding), noise, streaming=streaming)
 
-
-class CausalMaskedDiffWithDiT(_Flow):
+class CausalMaskedDiffWithDiT(_CausalFlow):
     """v3: token embedding plus lookahead conv, repeated x2 as mu, DiT CFM (no conformer)."""
 
     def __init__(
@@ -218,5 +227,3 @@ class CausalMaskedDiffWithDiT(_Flow):
         else:
             h = self.pre_lookahead_layer(x[:, : -self.lookahead], x[:, -self.lookahead :])
         return h.repeat_interleave(self.token_mel_ratio, dim=1)
-
-    forward = CausalMaskedDiffWithXvec.forward
