@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,21 @@ class _Failure:
     error: BaseException
 
 
+@dataclass
+class StreamStats:
+    """How a stream went, as its consumer saw it (monotonic seconds)."""
+
+    started: float
+    first_chunk: float | None = None
+    finished: float | None = None
+    samples: int = 0
+    outcome: str = "running"  # running, done, cancelled, failed
+
+    @property
+    def time_to_first_chunk(self) -> float | None:
+        return None if self.first_chunk is None else self.first_chunk - self.started
+
+
 class AudioStream:
     """A cancellable async iterator of PCM chunks.
 
@@ -126,12 +142,16 @@ class AudioStream:
     it work ahead by ``lookahead`` chunks and no further. ``cancel()`` is
     synchronous so it can be called from ``finally`` blocks and callbacks: it
     cancels the producer task, which frees the engine work at its next await.
+    ``stats`` records what the consumer got and when; callbacks added with
+    :meth:`add_done_callback` run once when the stream ends, however it ends.
     """
 
     def __init__(self, sample_rate: int, producer: Producer, *, lookahead: int = 2) -> None:
         self.sample_rate = sample_rate
+        self.stats = StreamStats(started=time.monotonic())
         self._queue: asyncio.Queue[np.ndarray | _End | _Failure] = asyncio.Queue(maxsize=lookahead)
         self._finished = False
+        self._callbacks: list[Callable[[AudioStream], None]] = []
         self._task = asyncio.get_running_loop().create_task(_run_producer(producer, self._queue))
 
     def __aiter__(self) -> AudioStream:
@@ -142,11 +162,14 @@ class AudioStream:
             raise StopAsyncIteration
         item = await self._queue.get()
         if isinstance(item, _End):
-            self._finished = True
+            self._finish("done")
             raise StopAsyncIteration
         if isinstance(item, _Failure):
-            self._finished = True
+            self._finish("failed")
             raise item.error
+        if self.stats.first_chunk is None:
+            self.stats.first_chunk = time.monotonic()
+        self.stats.samples += len(item)
         return item
 
     @property
@@ -157,11 +180,14 @@ class AudioStream:
         """Stop the work behind the stream and wake any waiting consumer."""
         if self._finished:
             return
-        self._finished = True
+        self._finish("cancelled")
         self._task.cancel()
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(_End())
+
+    def add_done_callback(self, callback: Callable[[AudioStream], None]) -> None:
+        self._callbacks.append(callback)
 
     async def aclose(self) -> None:
         self.cancel()
@@ -171,6 +197,14 @@ class AudioStream:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.cancel()
+
+    def _finish(self, outcome: str) -> None:
+        self._finished = True
+        self.stats.finished = time.monotonic()
+        self.stats.outcome = outcome
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
 
     def __del__(self) -> None:
         # A consumer that drops the stream without closing it must not leave
@@ -223,6 +257,11 @@ class Engine(ABC):
     async def probe(self) -> bool:
         """A cheap liveness check behind the health route."""
         return self._ready
+
+    @property
+    def busy(self) -> int:
+        """Work in progress (busy workers, or sessions in the batch), for metrics."""
+        return 0
 
     def synthesize(self, request: SynthesisRequest) -> AudioStream:
         """Validate ``request`` and start producing its audio."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_app, drain
 from gateway.settings import SettingsError, load_settings
 
 DEFAULT_CONFIG = Path("config.toml")
@@ -78,12 +78,23 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(settings)
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-    )
+    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level=settings.server.log_level)
+    GatewayServer(config, app, settings.server.shutdown_grace).run()
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, with a drain first on SIGTERM/SIGINT: stop accepting, let sessions finish, then close."""
+
+    def __init__(self, config: uvicorn.Config, app, grace: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.grace = grace
+
+    async def shutdown(self, sockets=None) -> None:
+        for server in self.servers:
+            server.close()
+        await drain(self.app, self.grace)
+        await super().shutdown(sockets)
 
 
 if __name__ == "__main__":

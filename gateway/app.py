@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from cosyvoice import Engine
 from cosyvoice.voices import VoiceRegistry
 from gateway import NAME, __version__
+from gateway.admission import Admission
+from gateway.auth import ApiKeyMiddleware, KeyStore
 from gateway.engines import build_engine
 from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimit
+from gateway.metrics import TRANSPORTS, Metrics, monitor_event_loop
 from gateway.routes import openai, seed_a, seed_b, sessions, system, telephony, unified, voices, webrtc
-from gateway.settings import Settings
 from gateway.sessions import SessionFactory
+from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
 from signaling.webrtc import restrict_host_addresses
@@ -29,13 +34,31 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """Build the app. The engine loads in the background: the server answers at
     once and ``/v1/health`` says 503 until the engine is ready."""
     settings = settings or Settings()
+    keys = KeyStore.from_settings(settings)
     engine = engine or build_engine(settings)
     restrict_host_addresses(settings.webrtc.host_addresses)
     registry = VoiceRegistry(settings.data_dir / "voices", reserved=frozenset(engine.capabilities.voices))
+    metrics = Metrics()
+    limits = settings.limits
+    admission = Admission(
+        max_syntheses=limits.max_syntheses,
+        queue_size=limits.queue_size,
+        queue_timeout=limits.queue_timeout,
+        max_sessions={
+            "websocket": limits.max_websocket_sessions,
+            "webrtc": limits.max_webrtc_sessions,
+            "telephony": limits.max_telephony_sessions,
+        },
+        metrics=metrics,
+    )
+    manager = SessionManager(settings.session.idle_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_start_engine(app, engine))
+        background = [
+            asyncio.create_task(_start_engine(app, engine)),
+            asyncio.create_task(monitor_event_loop(metrics)),
+        ]
         audiosocket = None
         if settings.telephony.audiosocket_port:
             audiosocket = telephony.audiosocket_server(app)
@@ -44,10 +67,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         try:
             yield
         finally:
-            loading.cancel()
+            for task in background:
+                task.cancel()
             if audiosocket is not None:
                 await audiosocket.close()
-            await app.state.sessions.close_all()
+            await manager.close_all()
             await engine.close()
 
     app = FastAPI(title=NAME, version=__version__, lifespan=lifespan)
@@ -55,15 +79,45 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine = engine
     app.state.engine_failure = None
     app.state.registry = registry
-    app.state.synthesizer = Synthesizer(engine, registry, settings)
-    app.state.sessions = SessionManager(settings.session.idle_timeout)
-    app.state.session_factory = SessionFactory(app.state.synthesizer, settings, app.state.sessions)
-    # Base64 in JSON makes an upload a third larger; leave room for the other fields.
-    app.add_middleware(BodySizeLimit, limit=settings.limits.max_upload_bytes * 4 // 3 + 64 * 1024)
+    app.state.metrics = metrics
+    app.state.admission = admission
+    app.state.sessions = manager
+    app.state.synthesizer = Synthesizer(engine, registry, settings, admission, metrics)
+    app.state.session_factory = SessionFactory(app.state.synthesizer, settings, manager)
+    metrics.on_scrape(lambda: _refresh_gauges(app))
+
+    # Outermost first: CORS answers preflights before authentication; the size
+    # limit refuses huge bodies before anything reads them.
+    app.add_middleware(BodySizeLimit, limit=limits.max_upload_bytes * 4 // 3 + 64 * 1024)
+    app.add_middleware(ApiKeyMiddleware, keys=keys, settings=settings, metrics=metrics)
+    origins = settings.server.cors_origins or (["*"] if keys.open else [])
+    if origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["X-Sample-Rate", "X-Channels", "X-Bit-Depth", "Location", "Retry-After"],
+        )  # fmt: skip
     install_error_handlers(app)
     for module in (system, unified, seed_a, seed_b, openai, voices, sessions, webrtc, telephony):
         app.include_router(module.router)
     return app
+
+
+async def drain(app: FastAPI, grace: float) -> None:
+    """Graceful shutdown: refuse new work, let sessions finish speaking for up to ``grace`` s, close them."""
+    app.state.admission.draining = True
+    manager: SessionManager = app.state.sessions
+    deadline = time.monotonic() + grace
+    while any(session.speaking for session in manager.list()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await manager.close_all("server shutting down")
+
+
+def _refresh_gauges(app: FastAPI) -> None:
+    metrics: Metrics = app.state.metrics
+    for transport in TRANSPORTS[1:]:
+        metrics.active_sessions.labels(transport).set(app.state.sessions.count(transport))
+    metrics.voices.set(len(app.state.registry))
+    metrics.engine_busy.set(app.state.engine.busy)
 
 
 async def _start_engine(app: FastAPI, engine: Engine) -> None:

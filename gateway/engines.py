@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from cosyvoice import Engine
 from cosyvoice.embedded import EmbeddedEngine, EmbeddedOptions
+from cosyvoice.replay import ReplayEngine
 from gateway.settings import Settings
 
 
 def build_engine(settings: Settings) -> Engine:
-    """The CosyVoice engine when a model directory is set, else the embedded CPU voice."""
+    """The CosyVoice engine when a model directory is set, else the embedded CPU voice
+    (or, for load tests, the replay engine when ``engine.replay_audio`` is set)."""
     clause_options = {
         "first_clause_chars": settings.engine.first_clause_chars,
         "clause_chars": settings.engine.clause_chars,
         "max_chars": settings.engine.max_clause_chars,
     }
+    if settings.engine.replay_audio:
+        return ReplayEngine(settings.engine.replay_audio, max_text_chars=settings.limits.max_text_chars)
     if settings.engine.model_dir:
         # Imported here: torch is an optional extra, and the embedded voice needs none of it.
         from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions

@@ -24,6 +24,7 @@ from cosyvoice import (
     VoiceExists,
     VoiceNotFound,
 )
+from gateway.admission import Overloaded, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class OpenAIError(Exception):
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    for kind in (SynthesisError, HTTPException, RequestValidationError, OpenAIError):
+    for kind in (SynthesisError, HTTPException, RequestValidationError, OpenAIError, Overloaded, RateLimited):
         app.add_exception_handler(kind, handle_error)
 
 
@@ -50,6 +51,10 @@ def describe(error: Exception) -> tuple[int, str, dict[str, str]]:
         return error.status_code, str(error.detail), dict(error.headers or {})
     if isinstance(error, OpenAIError):
         return error.status, str(error), {}
+    if isinstance(error, Overloaded):
+        return 503, str(error), {"Retry-After": str(error.retry_after)}
+    if isinstance(error, RateLimited):
+        return 429, str(error), {"Retry-After": str(error.retry_after)}
     if isinstance(error, VoiceNotFound):
         return 404, str(error), {}
     if isinstance(error, VoiceExists):
@@ -70,20 +75,22 @@ async def handle_error(request: Request, error: Exception) -> JSONResponse:
             return await request_validation_exception_handler(request, error)
         first = error.errors()[0]
         param = ".".join(str(part) for part in first["loc"] if part != "body") or None
-        return openai_error(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+        return error_response(request.url.path, 400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
     status, message, headers = describe(error)
-    if status >= 500:
+    if status >= 500 and status != 503:
         log.error("%s %s failed: %s", request.method, request.url.path, message)
-    if openai:
-        return openai_error(
-            status, message, param=getattr(error, "param", None), code=getattr(error, "code", None), headers=headers
-        )
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    return error_response(
+        request.url.path, status, message, headers=headers,
+        param=getattr(error, "param", None), code=getattr(error, "code", None),
+    )  # fmt: skip
 
 
-def openai_error(
-    status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None
+def error_response(
+    path: str, status: int, message: str, *, headers: dict | None = None, param: str | None = None, code: str | None = None
 ) -> JSONResponse:
+    """The error body this path's clients expect: OpenAI's envelope, or ``{"detail"}``."""
+    if not path.startswith(OPENAI_PATHS):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
     kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse(
         {"error": {"message": message, "type": kind, "param": param, "code": code}},

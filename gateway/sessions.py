@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import HTTPException
 
 from cosyvoice import AudioStream, InvalidRequest, Mode, SynthesisRequest
+from gateway.admission import RateLimited
+from gateway.auth import ApiKey
 from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
@@ -17,14 +19,16 @@ from signaling.session import Session, VoiceSettings
 class SessionSpeech:
     """The engine and registry as a real-time session's speech source."""
 
-    def __init__(self, synth: Synthesizer) -> None:
+    def __init__(self, synth: Synthesizer, transport: str) -> None:
         self.synth = synth
+        self.transport = transport
 
     def check(self, voice: VoiceSettings) -> None:
         self.synth.engine.validate(self._request("check", voice))
 
     def open(self, text: str, voice: VoiceSettings) -> AudioStream:
-        return self.synth.engine.synthesize(self._request(text, voice))
+        # Sessions report first audio per utterance themselves (from the text that caused it).
+        return self.synth.start(self._request(text, voice), self.transport, first_audio=False)
 
     def parse_voice(self, fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
         """Voice settings from a client message or query string, over the current ones."""
@@ -64,21 +68,44 @@ class SessionFactory:
     """Opens sessions for any transport, with the voice a client asked for, and registers them."""
 
     def __init__(self, synth: Synthesizer, settings: Settings, manager: SessionManager) -> None:
-        self.speech = SessionSpeech(synth)
+        self.synth = synth
         self.settings = settings
         self.manager = manager
 
+    def parse_voice(self, fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
+        return SessionSpeech(self.synth, "").parse_voice(fields, current)
+
     def open(
-        self, transport: str, output_rate: int, voice_fields: dict[str, Any], *, session_id: str | None = None
+        self,
+        transport: str,
+        output_rate: int,
+        voice_fields: dict[str, Any],
+        *,
+        session_id: str | None = None,
+        owner: ApiKey | None = None,
     ) -> Session:
-        """A new registered session; ``InvalidRequest`` for a bad voice, ``ValueError`` for a duplicate id."""
+        """A new registered session.
+
+        Raises ``InvalidRequest`` for a bad voice, ``Overloaded`` when the
+        transport is at capacity, ``RateLimited`` when the key has all the
+        sessions it may, ``ValueError`` for a duplicate id.
+        """
+        capacity_group = "telephony" if transport in ("twilio", "audiosocket") else transport
+        live = sum(self.manager.count(t) for t in (("twilio", "audiosocket") if capacity_group == "telephony" else (transport,)))
+        self.synth.admission.check_session(capacity_group, live)
+        if owner is not None and owner.max_sessions:
+            owned = sum(1 for s in self.manager.list() if s.owner == owner.name)
+            if owned >= owner.max_sessions:
+                self.synth.metrics.rejects.labels("key_sessions").inc()
+                raise RateLimited(f"key '{owner.name}' already has {owned} live sessions", retry_after=5)
         if session_id is not None and self.manager.get(session_id) is not None:
             raise ValueError(f"a session with id {session_id} is already live")
-        voice = self.speech.parse_voice(voice_fields, VoiceSettings())
-        self.speech.check(voice)
+        speech = SessionSpeech(self.synth, transport)
+        voice = speech.parse_voice(voice_fields, VoiceSettings())
+        speech.check(voice)
         engine = self.settings.engine
         session = Session(
-            self.speech,
+            speech,
             transport=transport,
             output_rate=output_rate,
             voice=voice,
@@ -89,4 +116,7 @@ class SessionFactory:
             },
             session_id=session_id,
         )
+        session.owner = owner.name if owner is not None else None
+        metrics = self.synth.metrics
+        session.events.tap = lambda event: metrics.session_event(event, transport, session.voice.mode.value)
         return self.manager.add(session)

@@ -27,11 +27,14 @@ class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
+    cors_origins: list[str] = []
+    shutdown_grace: float = Field(10.0, ge=0)
 
 
 class EngineSettings(Section):
     model_dir: str = ""
     device: str = "auto"
+    replay_audio: str = ""
     first_clause_chars: int = Field(10, ge=1)
     clause_chars: int = Field(120, ge=1)
     max_clause_chars: int = Field(240, ge=16)
@@ -72,6 +75,22 @@ class PathSettings(Section):
 class LimitSettings(Section):
     max_text_chars: int = Field(4096, ge=1)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_syntheses: int = Field(16, ge=1)
+    queue_size: int = Field(32, ge=0)
+    queue_timeout: float = Field(10.0, ge=0)
+    request_timeout: float = Field(300.0, gt=0)
+    max_websocket_sessions: int = Field(100, ge=0)
+    max_webrtc_sessions: int = Field(30, ge=0)
+    max_telephony_sessions: int = Field(100, ge=0)
+
+
+class AuthSettings(Section):
+    api_keys: list[str] = []
+    keys_file: str = ""
+    requests_per_minute: int = Field(0, ge=0)
+    max_sessions_per_key: int = Field(0, ge=0)
+    health_public: bool = True
+    metrics_public: bool = False
 
 
 class Settings(Section):
@@ -83,6 +102,7 @@ class Settings(Section):
     telephony: TelephonySettings = TelephonySettings()
     paths: PathSettings = PathSettings()
     limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
 
     @property
     def data_dir(self) -> Path:

@@ -7,6 +7,7 @@ same thing on every route.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from pathlib import Path
@@ -15,6 +16,8 @@ from fastapi import HTTPException, UploadFile
 
 from cosyvoice import Audio, AudioStream, Engine, InvalidRequest, Mode, SynthesisRequest
 from cosyvoice.voices import VoiceRegistry, validate_prompt
+from gateway.admission import Admission
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from media.decode import AudioDecodeError, decode_audio
 
@@ -26,12 +29,16 @@ class UndecodableAudio(InvalidRequest):
 
 
 class Synthesizer:
-    """The engine, the voice registry and the limits, behind one request builder."""
+    """The engine, the voice registry, admission and metrics, behind one request builder."""
 
-    def __init__(self, engine: Engine, registry: VoiceRegistry, settings: Settings) -> None:
+    def __init__(
+        self, engine: Engine, registry: VoiceRegistry, settings: Settings, admission: Admission, metrics: Metrics
+    ) -> None:
         self.engine = engine
         self.registry = registry
         self.settings = settings
+        self.admission = admission
+        self.metrics = metrics
 
     @property
     def sample_rate(self) -> int:
@@ -75,9 +82,30 @@ class Synthesizer:
             stream=stream,
         )
 
-    def open(self, text: str, **fields) -> AudioStream:
-        """Validate and start synthesis (raises before any audio on bad input)."""
-        return self.engine.synthesize(self.request(text, **fields))
+    async def open(self, text: str, **fields) -> AudioStream:
+        """An admitted, measured HTTP synthesis; raises before any audio on bad input or overload.
+
+        The request is validated before it queues for a slot, so bad input
+        never waits; the slot is held until the stream ends, however it ends,
+        and a stream that outlives ``request_timeout`` is cut off.
+        """
+        request = self.request(text, **fields)
+        self.engine.validate(request)
+        slot = await self.admission.synthesis_slot()
+        try:
+            stream = self.start(request, "http")
+        except BaseException:
+            slot.release()
+            raise
+        timer = asyncio.get_running_loop().call_later(self.settings.limits.request_timeout, stream.cancel)
+        stream.add_done_callback(lambda _: (slot.release(), timer.cancel()))
+        return stream
+
+    def start(self, request: SynthesisRequest, transport: str, *, first_audio: bool = True) -> AudioStream:
+        """The engine stream for ``request``, with its figures recorded when it ends."""
+        stream = self.engine.synthesize(request)
+        self.metrics.observe_stream(stream, transport, request.mode.value, first_audio=first_audio)
+        return stream
 
     # Prompt and source audio, from the three ways a client can send it.
 

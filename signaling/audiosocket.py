@@ -97,6 +97,9 @@ class AudioSocketCall:
             await self._write(frame(ERROR))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass  # the caller hung up without a goodbye
+        except Exception as error:  # refused (capacity, a duplicate UUID) or broken: this call only
+            log.warning("audiosocket %s: %s", self.call_id or "?", error)
+            await self._write(frame(ERROR))
         finally:
             for task in tasks:
                 task.cancel()

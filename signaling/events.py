@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 _CLOSED = object()
@@ -49,6 +50,7 @@ class EventHub:
         self.session_id = session_id
         self._subscribers: set[Subscription] = set()
         self.closed = False
+        self.tap: Callable[[dict], None] | None = None  # sees every event (metrics, logs)
 
     def subscribe(self, maxsize: int = 1000) -> Subscription:
         subscription = Subscription(self, maxsize)
@@ -60,6 +62,8 @@ class EventHub:
 
     def emit(self, kind: str, **fields: Any) -> dict:
         event = {"type": kind, "session_id": self.session_id, "time": round(time.time(), 3), **fields}
+        if self.tap is not None:
+            self.tap(event)
         for subscription in list(self._subscribers):
             subscription._offer(event)
         return event

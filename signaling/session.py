@@ -114,6 +114,7 @@ class Session:
         self.utterances: dict[str, Utterance] = {}
         self.closed = False
         self.close_reason = ""
+        self.owner: str | None = None  # the API key's name, when keys are on
         self._speech = speech
         self._splitter = ClauseSplitter(**(clause_options or {}))
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
@@ -212,7 +213,6 @@ class Session:
                     await result
             except Exception:
                 log.exception("session %s: close callback failed", self.id)
-        log.info("session end %s", {"session_id": self.id, "transport": self.transport, "reason": reason, **self.stats()})
 
     # The transport's side.
 

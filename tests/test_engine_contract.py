@@ -87,3 +87,26 @@ async def test_a_dropped_stream_does_not_leave_its_producer_running() -> None:
     del stream
     await asyncio.sleep(0.05)
     assert producer.stopped
+
+
+async def test_stats_and_done_callbacks_report_how_the_stream_went() -> None:
+    outcomes = []
+    stream = AudioStream(16000, CountingProducer(3))
+    stream.add_done_callback(lambda s: outcomes.append((s.stats.outcome, s.stats.samples)))
+    chunks = [chunk async for chunk in stream]
+    assert len(chunks) == 3 and outcomes == [("done", 30)]
+    assert 0 <= stream.stats.time_to_first_chunk < 1
+
+    cancelled = AudioStream(16000, CountingProducer(100))
+    cancelled.add_done_callback(lambda s: outcomes.append((s.stats.outcome, s.stats.samples)))
+    await cancelled.__anext__()
+    cancelled.cancel()
+    cancelled.cancel()
+    assert outcomes[-1] == ("cancelled", 10) and len(outcomes) == 2
+
+    failing = AudioStream(16000, CountingProducer(5, fail_at=1))
+    failing.add_done_callback(lambda s: outcomes.append(s.stats.outcome))
+    with pytest.raises(RuntimeError):
+        async for _ in failing:
+            pass
+    assert outcomes[-1] == "failed"

@@ -77,6 +77,10 @@ class EmbeddedEngine(Engine):
     async def probe(self) -> bool:
         return self._ready and await self.pool.ping()
 
+    @property
+    def busy(self) -> int:
+        return self.pool.busy
+
     async def _produce(self, request: SynthesisRequest, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()

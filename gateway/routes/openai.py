@@ -63,7 +63,7 @@ async def speech(body: SpeechRequest, synth: Synthesizer = Depends(get_synthesiz
         mode = Mode.INSTRUCT2 if voice in synth.registry and voice not in synth.engine.capabilities.voices else Mode.INSTRUCT
     encoder = open_encoder(body.response_format, synth.sample_rate, output_rate=OUTPUT_RATE)
     try:
-        stream = synth.open(body.input, mode=mode, voice=voice, instruct_text=body.instructions or "", speed=body.speed)
+        stream = await synth.open(body.input, mode=mode, voice=voice, instruct_text=body.instructions or "", speed=body.speed)
     except UnsupportedMode as error:
         param = "instructions" if body.instructions else "voice"
         raise OpenAIError(400, str(error), param=param) from error

@@ -49,12 +49,12 @@ async def available_speakers(synth: Synthesizer = Depends(get_synthesizer)) -> d
 
 @router.post("/tts", response_class=Response)
 async def tts(body: SftRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
-    return _mp3(synth, body, voice=body.spk_id)
+    return await _mp3(synth, body, voice=body.spk_id)
 
 
 @router.post("/tts/pcm", response_class=Response)
 async def tts_pcm(body: SftRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
-    stream = synth.open(body.tts_text, voice=body.spk_id, speed=body.speed, seed=body.seed, stream=body.stream)
+    stream = await synth.open(body.tts_text, voice=body.spk_id, speed=body.speed, seed=body.seed, stream=body.stream)
     headers = {
         "X-Sample-Rate": str(stream.sample_rate),
         "X-Channels": "1",
@@ -67,20 +67,20 @@ async def tts_pcm(body: SftRequest, synth: Synthesizer = Depends(get_synthesizer
 @router.post("/tts/zero_shot", response_class=Response)
 async def tts_zero_shot(body: ZeroShotRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     prompt = synth.audio_from_base64(body.prompt_audio_base64, "prompt_audio_base64")
-    return _mp3(synth, body, mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=body.prompt_text)
+    return await _mp3(synth, body, mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=body.prompt_text)
 
 
 @router.post("/tts/cross_lingual", response_class=Response)
 async def tts_cross_lingual(body: CrossLingualRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     prompt = synth.audio_from_base64(body.prompt_audio_base64, "prompt_audio_base64")
-    return _mp3(synth, body, mode=Mode.CROSS_LINGUAL, prompt_audio=prompt)
+    return await _mp3(synth, body, mode=Mode.CROSS_LINGUAL, prompt_audio=prompt)
 
 
 @router.post("/tts/instruct", response_class=Response)
 async def tts_instruct(body: InstructRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     if not body.instruct_text:
-        return _mp3(synth, body, voice=body.spk_id)
-    return _mp3(synth, body, mode=Mode.INSTRUCT, voice=body.spk_id, instruct_text=body.instruct_text)
+        return await _mp3(synth, body, voice=body.spk_id)
+    return await _mp3(synth, body, mode=Mode.INSTRUCT, voice=body.spk_id, instruct_text=body.instruct_text)
 
 
 @router.post("/clone")
@@ -104,7 +104,7 @@ async def upload_audio(file: UploadFile = File(...), synth: Synthesizer = Depend
     return {"filename": file.filename, "audio_base64": base64.b64encode(data).decode()}
 
 
-def _mp3(synth: Synthesizer, body: Common, **fields) -> Response:
+async def _mp3(synth: Synthesizer, body: Common, **fields) -> Response:
     encoder = open_encoder("mp3", synth.sample_rate)
-    stream = synth.open(body.tts_text, speed=body.speed, seed=body.seed, stream=body.stream, **fields)
+    stream = await synth.open(body.tts_text, speed=body.speed, seed=body.seed, stream=body.stream, **fields)
     return AudioStreamingResponse(stream, encoder, {"Content-Disposition": "attachment; filename=tts.mp3"})

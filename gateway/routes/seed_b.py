@@ -24,34 +24,34 @@ _METHODS = ["GET", "POST"]
 @router.api_route("/inference_sft", methods=_METHODS, response_class=Response)
 async def inference_sft(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "spk_id")
-    return _pcm(synth, fields["tts_text"], voice=fields["spk_id"])
+    return await _pcm(synth, fields["tts_text"], voice=fields["spk_id"])
 
 
 @router.api_route("/inference_zero_shot", methods=_METHODS, response_class=Response)
 async def inference_zero_shot(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "prompt_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
-    return _pcm(synth, fields["tts_text"], mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=fields["prompt_text"])
+    return await _pcm(synth, fields["tts_text"], mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=fields["prompt_text"])
 
 
 @router.api_route("/inference_cross_lingual", methods=_METHODS, response_class=Response)
 async def inference_cross_lingual(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
-    return _pcm(synth, fields["tts_text"], mode=Mode.CROSS_LINGUAL, prompt_audio=prompt)
+    return await _pcm(synth, fields["tts_text"], mode=Mode.CROSS_LINGUAL, prompt_audio=prompt)
 
 
 @router.api_route("/inference_instruct", methods=_METHODS, response_class=Response)
 async def inference_instruct(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "spk_id", "instruct_text")
-    return _pcm(synth, fields["tts_text"], mode=Mode.INSTRUCT, voice=fields["spk_id"], instruct_text=fields["instruct_text"])
+    return await _pcm(synth, fields["tts_text"], mode=Mode.INSTRUCT, voice=fields["spk_id"], instruct_text=fields["instruct_text"])
 
 
 @router.api_route("/inference_instruct2", methods=_METHODS, response_class=Response)
 async def inference_instruct2(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "instruct_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
-    return _pcm(
+    return await _pcm(
         synth, fields["tts_text"], mode=Mode.INSTRUCT2, prompt_audio=prompt, instruct_text=fields["instruct_text"]
     )
 
@@ -72,8 +72,8 @@ async def _fields(request: Request, *names: str) -> dict:
     return values
 
 
-def _pcm(synth: Synthesizer, text: str, **fields) -> Response:
-    stream = synth.open(text, **fields)
+async def _pcm(synth: Synthesizer, text: str, **fields) -> Response:
+    stream = await synth.open(text, **fields)
     return AudioStreamingResponse(
         stream, PcmEncoder(stream.sample_rate), {"X-Sample-Rate": str(stream.sample_rate)},
         media_type="application/octet-stream",

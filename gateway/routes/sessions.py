@@ -16,6 +16,8 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from cosyvoice import InvalidRequest
+from gateway.admission import Overloaded, RateLimited
+from gateway.auth import accept
 from gateway.settings import Settings
 from signaling.manager import SessionManager
 from signaling.protocol import ProtocolError
@@ -35,19 +37,22 @@ async def websocket_session(websocket: WebSocket) -> None:
     """Query: ``format`` (pcm|opus), ``sample_rate`` (pcm), ``voice``, ``mode``, ``speed``, ``text`` (first words)."""
     settings: Settings = websocket.app.state.settings
     query = websocket.query_params
-    await websocket.accept()
+    await accept(websocket)
     try:
         audio = AudioFormat.from_query(query.get("format"), query.get("sample_rate"))
-        session = websocket.app.state.session_factory.open("websocket", audio.sample_rate, dict(query))
-    except (ProtocolError, InvalidRequest) as error:
+        session = websocket.app.state.session_factory.open(
+            "websocket", audio.sample_rate, dict(query), owner=websocket.scope.get("state", {}).get("api_key")
+        )
+    except (ProtocolError, InvalidRequest, Overloaded, RateLimited) as error:
         await websocket.send_json({"type": "error", "message": str(error)})
-        await websocket.close(code=1008, reason=str(error)[:120])
+        busy = isinstance(error, (Overloaded, RateLimited))
+        await websocket.close(code=1013 if busy else 1008, reason=str(error)[:120])
         return
     transport = WebSocketTransport(
         websocket,
         session,
         audio,
-        websocket.app.state.session_factory.speech.parse_voice,
+        websocket.app.state.session_factory.parse_voice,
         lead=settings.session.lead_ms / 1000,
         opus_bitrate=settings.session.opus_bitrate,
     )
@@ -113,7 +118,7 @@ async def events_sse(session_id: str, request: Request) -> StreamingResponse:
 @router.websocket("/v1/sessions/{session_id}/events")
 async def events_ws(websocket: WebSocket, session_id: str) -> None:
     session = websocket.app.state.sessions.get(session_id)
-    await websocket.accept()
+    await accept(websocket)
     if session is None:
         await websocket.close(code=1008, reason="no such session")
         return

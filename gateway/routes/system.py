@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from cosyvoice import Engine
 from gateway import NAME, __version__
@@ -24,6 +25,12 @@ async def root() -> dict:
 async def console() -> FileResponse:
     """The browser console: speak over WebRTC, stream text, interrupt, try the REST routes."""
     return FileResponse(STATIC / "console.html")
+
+
+@router.get("/metrics", response_class=Response, include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (public only if ``auth.metrics_public``)."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/health")

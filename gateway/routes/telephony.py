@@ -8,6 +8,7 @@ from xml.sax.saxutils import quoteattr
 from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import Response
 
+from gateway.auth import accept
 from gateway.settings import Settings
 from media import vad
 from signaling.audiosocket import AudioSocketCall, AudioSocketServer
@@ -57,7 +58,7 @@ async def twilio_stream(websocket: WebSocket) -> None:
             log.warning("refused a Twilio stream with an invalid signature")
             await websocket.close(code=1008)  # before accept: the upgrade is answered 403
             return
-    await websocket.accept()
+    await accept(websocket)
     call = TwilioCall(
         websocket,
         lambda parameters: app.state.session_factory.open("twilio", 8000, parameters),

@@ -13,6 +13,8 @@ from starlette.websockets import WebSocketDisconnect
 from cosyvoice import Audio, AudioStream, Mode, SynthesisError
 from gateway.audio import AudioStreamingResponse, collect_audio
 from gateway.dependencies import get_synthesizer
+from gateway.admission import Overloaded
+from gateway.auth import accept
 from gateway.synthesis import Synthesizer
 from media.containers import PcmEncoder, wav_bytes
 from media.pcm import to_s16le
@@ -43,7 +45,7 @@ async def speakers(synth: Synthesizer = Depends(get_synthesizer)) -> dict:
 @router.post("/v1/tts", response_model=None)
 async def tts(body: TtsRequest, request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response | dict:
     """Non-stream: ``{"audio": base64 WAV, "sample_rate"}``; stream: s16le PCM chunks."""
-    stream = _open(synth, body, streaming=body.stream)
+    stream = await _open(synth, body, streaming=body.stream)
     if body.stream:
         return _pcm_response(stream)
     samples = await collect_audio(stream, request)
@@ -54,20 +56,20 @@ async def tts(body: TtsRequest, request: Request, synth: Synthesizer = Depends(g
 
 @router.post("/v1/tts/stream", response_class=Response)
 async def tts_stream(body: TtsRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
-    return _pcm_response(_open(synth, body, streaming=True))
+    return _pcm_response(await _open(synth, body, streaming=True))
 
 
 @router.websocket("/ws/v1/tts")
 async def ws_tts(websocket: WebSocket) -> None:
     """One JSON config in (the ``/v1/tts`` fields); binary s16le frames out; then ``{"done": true}``."""
     synth: Synthesizer = websocket.app.state.synthesizer
-    await websocket.accept()
+    await accept(websocket)
     try:
         body = TtsRequest.model_validate(await websocket.receive_json())
-        stream = _open(synth, body, streaming=True)
+        stream = await _open(synth, body, streaming=True)
     except WebSocketDisconnect:
         return
-    except (ValidationError, ValueError, SynthesisError, HTTPException) as error:
+    except (ValidationError, ValueError, SynthesisError, HTTPException, Overloaded) as error:
         await websocket.send_json({"error": _message(error), "done": True})
         await websocket.close(code=1008)
         return
@@ -101,8 +103,8 @@ async def _send_until_disconnect(websocket: WebSocket, stream: AudioStream) -> b
     return True
 
 
-def _open(synth: Synthesizer, body: TtsRequest, *, streaming: bool) -> AudioStream:
-    return synth.open(
+async def _open(synth: Synthesizer, body: TtsRequest, *, streaming: bool) -> AudioStream:
+    return await synth.open(
         body.text,
         mode=body.mode,
         voice=body.speaker,

@@ -60,13 +60,16 @@ async def _answer(request: Request, sdp: str, kind: str, fields: dict) -> tuple[
     settings: Settings = request.app.state.settings
     try:
         session = request.app.state.session_factory.open(
-            "webrtc", OUTPUT_RATE, {k: v for k, v in fields.items() if v is not None}
+            "webrtc",
+            OUTPUT_RATE,
+            {k: v for k, v in fields.items() if v is not None},
+            owner=getattr(request.state, "api_key", None),
         )
     except InvalidRequest as error:
         raise HTTPException(400, str(error)) from error
     peer = WebRTCPeer(
         session,
-        request.app.state.session_factory.speech.parse_voice,
+        request.app.state.session_factory.parse_voice,
         ice=settings.webrtc.ice_servers,
         bitrate=settings.session.opus_bitrate,
     )

@@ -1,0 +1,161 @@
+"""API keys, per-key rate limits, and which paths are public.
+
+Keys come from ``[auth] api_keys`` and from a keys file (TOML, a list of
+``[[keys]]`` tables with ``key``, ``name``, ``requests_per_minute`` and
+``max_sessions``). With no keys at all the gateway is open (local use).
+HTTP clients send ``Authorization: Bearer <key>``; WebSocket clients may
+also use the ``api_key`` query parameter or the subprotocol ``bearer.<key>``
+(browsers cannot set headers on a WebSocket).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.admission import RateLimited
+from gateway.errors import error_response
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+
+SUBPROTOCOL_PREFIX = "bearer."
+TELEPHONY_PREFIX = "/v1/telephony/twilio/"
+
+
+@dataclass
+class ApiKey:
+    key: str
+    name: str
+    requests_per_minute: int = 0  # 0: no limit
+    max_sessions: int = 0  # 0: no limit beyond the server's own
+    _tokens: float = field(default=0.0, repr=False)
+    _refilled: float = field(default_factory=time.monotonic, repr=False)
+
+    def spend(self) -> None:
+        """Take one request from the key's token bucket, or raise ``RateLimited``."""
+        if not self.requests_per_minute:
+            return
+        now = time.monotonic()
+        per_second = self.requests_per_minute / 60
+        self._tokens = min(self.requests_per_minute, self._tokens + (now - self._refilled) * per_second)
+        self._refilled = now
+        if self._tokens < 1:
+            wait = (1 - self._tokens) / per_second
+            raise RateLimited(f"rate limit of {self.requests_per_minute} requests a minute for key '{self.name}'", retry_after=max(1, round(wait + 0.5)))
+        self._tokens -= 1
+
+    def __post_init__(self) -> None:
+        self._tokens = float(self.requests_per_minute)
+
+
+class KeyStore:
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self.keys = keys
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyStore:
+        auth = settings.auth
+        keys = [ApiKey(key, f"key{n + 1}", auth.requests_per_minute, auth.max_sessions_per_key) for n, key in enumerate(auth.api_keys)]
+        if auth.keys_file:
+            path = Path(auth.keys_file)
+            try:
+                entries = tomllib.loads(path.read_text(encoding="utf-8")).get("keys", [])
+            except (OSError, tomllib.TOMLDecodeError) as error:
+                raise ValueError(f"cannot read keys file {path}: {error}") from error
+            for n, entry in enumerate(entries):
+                if not isinstance(entry, dict) or not entry.get("key"):
+                    raise ValueError(f"{path}: keys[{n}] needs a 'key'")
+                keys.append(
+                    ApiKey(
+                        str(entry["key"]),
+                        str(entry.get("name", f"file-key{n + 1}")),
+                        int(entry.get("requests_per_minute", auth.requests_per_minute)),
+                        int(entry.get("max_sessions", auth.max_sessions_per_key)),
+                    )
+                )
+        return cls(keys)
+
+    @property
+    def open(self) -> bool:
+        return not self.keys
+
+    def find(self, presented: str | None) -> ApiKey | None:
+        if not presented:
+            return None
+        for key in self.keys:
+            if hmac.compare_digest(key.key.encode(), presented.encode()):
+                return key
+        return None
+
+
+def presented_key(scope: Scope) -> str | None:
+    headers = Headers(scope=scope)
+    authorization = headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    if scope["type"] == "websocket":
+        query = QueryParams(scope.get("query_string", b""))
+        if query.get("api_key"):
+            return query["api_key"]
+        for protocol in scope.get("subprotocols", []):
+            if protocol.startswith(SUBPROTOCOL_PREFIX):
+                return protocol[len(SUBPROTOCOL_PREFIX) :]
+    return None
+
+
+class ApiKeyMiddleware:
+    """Authenticate every request that needs it; rate-limit by key. Sets ``scope["state"]["api_key"]``."""
+
+    def __init__(self, app: ASGIApp, *, keys: KeyStore, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.keys = keys
+        self.settings = settings
+        self.metrics = metrics
+
+    def _public(self, path: str) -> bool:
+        auth = self.settings.auth
+        if path in ("/", "/console") or (path == "/v1/health" and auth.health_public) or (path == "/metrics" and auth.metrics_public):
+            return True
+        # Twilio cannot send our keys; its own signature guards these when a token is set.
+        return path.startswith(TELEPHONY_PREFIX) and bool(self.settings.telephony.twilio_auth_token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.keys.open or self._public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        key = self.keys.find(presented_key(scope))
+        if key is None:
+            self.metrics.rejects.labels("unauthorized").inc()
+            await self._deny(scope, receive, send, 401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+            return
+        try:
+            key.spend()
+        except RateLimited as error:
+            self.metrics.rejects.labels("rate_limited").inc()
+            await self._deny(scope, receive, send, 429, str(error), {"Retry-After": str(error.retry_after)})
+            return
+        scope.setdefault("state", {})["api_key"] = key
+        await self.app(scope, receive, send)
+
+    async def _deny(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, headers: dict[str, str]) -> None:
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            code = 1008 if status == 401 else 1013
+            await send({"type": "websocket.close", "code": code, "reason": message[:120]})
+            return
+        await error_response(scope["path"], status, message, headers=headers)(scope, receive, send)
+
+
+async def accept(websocket) -> None:
+    """Accept a WebSocket, echoing the ``bearer.<key>`` subprotocol if the client authenticated with one
+    (browsers drop a connection whose offered subprotocols were all ignored)."""
+    offered = websocket.scope.get("subprotocols", [])
+    chosen = next((p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)), None)
+    await websocket.accept(subprotocol=chosen)
