@@ -167,6 +167,51 @@ def hift_case(hift, generation: int, gen: torch.Generator) -> dict:
     return {"mel": mel.half(), "phase": phase, "noise": noise.half(), "f0": f0, "source": source, "wave": wave}
 
 
+def clear_matcha_caches() -> None:
+    """Matcha caches its window and filters by fmax alone: clear them between STFT sizes."""
+    import matcha.utils.audio as matcha_audio
+
+    matcha_audio.mel_basis.clear()
+    matcha_audio.hann_window.clear()
+
+
+def frontend_case(config, model_dir: Path, generation: int, gen: torch.Generator) -> dict:
+    """The reference frontend on a prompt: speech tokens, prompt mel (after its resampling), x-vector, text ids."""
+    from cosyvoice.cli.frontend import CosyVoiceFrontEnd
+
+    frontend = CosyVoiceFrontEnd(
+        config["get_tokenizer"], config["feat_extractor"], str(model_dir / "campplus.onnx"),
+        str(model_dir / f"speech_tokenizer_v{generation}.onnx"), str(model_dir / "spk2info.pt"),
+        config["allowed_special"],
+    )
+    t = torch.arange(32000) / 16000
+    prompt = fp16(0.3 * torch.sin(2 * math.pi * 170 * t * (1 + 0.2 * t)) + 0.03 * torch.randn(t.shape, generator=gen))
+    text, prompt_text = "Hello world, this is the text.<|endofprompt|>", "A prompt transcript [laughter]."
+    rate = 22050 if generation == 1 else 24000
+    clear_matcha_caches()
+    with torch.no_grad():
+        out = frontend.frontend_zero_shot(text, prompt_text, prompt.unsqueeze(0), rate, "")
+    case = {
+        "prompt16k": prompt.half(),
+        "speech_token": out["flow_prompt_speech_token"][0],
+        "speech_feat": out["prompt_speech_feat"][0],
+        "embedding": out["flow_embedding"],
+    }
+    if generation > 1:
+        case.update(text=text, prompt_text=prompt_text, text_ids=out["text"][0], prompt_text_ids=out["prompt_text"][0])
+    return case
+
+
+def resample_cases(gen: torch.Generator) -> dict:
+    from torchaudio.transforms import Resample
+
+    cases = {}
+    for rate, target in ((44100, 16000), (16000, 24000), (24000, 16000), (16000, 22050)):
+        wave = fp16(torch.randn(rate // 10, generator=gen) * 0.2)
+        cases[f"{rate}_{target}"] = {"input": wave.half(), "output": Resample(rate, target)(wave)}
+    return cases
+
+
 def feature_cases(gen: torch.Generator) -> dict:
     import torchaudio.compliance.kaldi as kaldi
     import whisper
@@ -177,9 +222,8 @@ def feature_cases(gen: torch.Generator) -> dict:
         tone = 0.3 * torch.sin(2 * math.pi * 220 * t) + 0.1 * torch.sin(2 * math.pi * 1330 * t * (1 + t))
         return fp16(tone + 0.02 * torch.randn(t.shape, generator=gen))
 
-    def mel_spectrogram(*args, **kwargs):  # matcha caches windows by fmax alone: clear between sizes
-        matcha_audio.mel_basis.clear()
-        matcha_audio.hann_window.clear()
+    def mel_spectrogram(*args, **kwargs):
+        clear_matcha_caches()
         return matcha_audio.mel_spectrogram(*args, **kwargs)
 
     w16, w22, w24 = wave(16000), wave(22050), wave(24000)
@@ -217,10 +261,12 @@ def main() -> None:
                 "llm_prompt": llm_case(config["llm"], generation, gen, text_vocab, with_prompt=True),
                 "flow": flow_cases(config["flow"], generation, gen),
                 "hift": hift_case(config["hift"], generation, gen),
+                "frontend": frontend_case(config, model_dir, generation, gen),
             }
             torch.save(fixture, OUT / f"reference_v{generation}.pt")
             print(f"v{generation}: wrote {OUT / f'reference_v{generation}.pt'}")
-    torch.save(feature_cases(torch.Generator().manual_seed(SEED)), OUT / "reference_features.pt")
+    gen = torch.Generator().manual_seed(SEED)
+    torch.save({**feature_cases(gen), "resample": resample_cases(gen)}, OUT / "reference_features.pt")
     print("features: done")
 
 

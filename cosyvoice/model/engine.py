@@ -23,9 +23,9 @@ import torch
 
 from cosyvoice.engine import Audio, Capabilities, Emit, Engine, Mode, SynthesisRequest
 from cosyvoice.errors import EngineFailure, InvalidRequest
-from cosyvoice.model.features import prompt_mel, resample
+from cosyvoice.model.features import resample
 from cosyvoice.model.loader import Components, load_model
-from cosyvoice.model.pipeline import Cancelled, Prompt, Synthesis, fixed_draws
+from cosyvoice.model.pipeline import Cancelled, Prompt, Synthesis, fixed_draws, prompt_features
 from cosyvoice.model.tokenizer import END_OF_PROMPT
 from cosyvoice.text import split_clauses
 
@@ -231,16 +231,7 @@ class CosyVoiceEngine(Engine):
 
     def prompt_features(self, audio: Audio) -> dict[str, np.ndarray]:
         """The frontend's work on a prompt recording (runs on the inference thread)."""
-        c = self.components
-        wave16k = resample(audio.samples, audio.sample_rate, 16000)
-        tokens = c.speech_tokenizer(wave16k)
-        embedding = c.speaker_encoder(wave16k)
-        wave = resample(audio.samples, audio.sample_rate, c.mel.sampling_rate)
-        feat = prompt_mel(torch.from_numpy(wave), c.mel)
-        if c.generation > 1:  # two mel frames per token exactly
-            n = min(feat.size(0) // c.flow.token_mel_ratio, tokens.numel())
-            feat, tokens = feat[: n * c.flow.token_mel_ratio], tokens[:n]
-        return {"speech_token": tokens.numpy(), "speech_feat": feat.numpy(), "embedding": embedding.numpy()}
+        return prompt_features(self.components, audio)
 
     def _speech_tokens(self, audio: Audio | None) -> torch.Tensor:
         if audio is None:

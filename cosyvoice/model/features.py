@@ -5,6 +5,7 @@
 * :func:`kaldi_fbank`: Kaldi-compatible log-mel filterbank for CAM++ (25 ms
   povey windows, 10 ms hop, pre-emphasis 0.97, DC removal), mean-normalized.
 * :func:`whisper_log_mel`: Whisper's 128-bin log10 mel for the speech tokenizer.
+* :func:`resample`: windowed-sinc resampling with torchaudio's default filter.
 
 Inputs are mono float waveforms in [-1, 1] at the rate each extractor expects.
 """
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import soxr
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -122,9 +122,39 @@ def whisper_log_mel(wave: Tensor, n_mels: int = 128) -> Tensor:
     return (log_spec + 4.0) / 4.0
 
 
+@lru_cache(maxsize=16)
+def _sinc_kernel(up: int, down: int, zeros: int = 6, rolloff: float = 0.99) -> tuple[Tensor, int]:
+    """Polyphase windowed-sinc filters (Hann window) for rational resampling by ``up / down``.
+
+    The same filter bank as torchaudio's default ``Resample`` (``sinc_interp_hann``,
+    6 zero crossings, rolloff 0.99), so prompt features match upstream's.
+    """
+    cutoff = min(up, down) * rolloff
+    width = math.ceil(zeros * down / cutoff)
+    taps = torch.arange(-width, width + down, dtype=torch.float64) / down
+    phases = -torch.arange(up, dtype=torch.float64).view(-1, 1) / up
+    t = ((phases + taps) * cutoff).clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2) ** 2
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
+    return (sinc * window * (cutoff / down)).to(torch.float32).unsqueeze(1), width
+
+
+def resample_tensor(wave: Tensor, rate: int, target: int) -> Tensor:
+    """``[N]`` float samples from ``rate`` to ``target`` Hz: ``ceil(N * target / rate)`` samples."""
+    if rate == target:
+        return wave
+    common = math.gcd(rate, target)
+    down, up = rate // common, target // common
+    kernel, width = _sinc_kernel(up, down)
+    padded = F.pad(wave.float().view(1, 1, -1), (width, width + down))
+    out = F.conv1d(padded, kernel.to(wave.device), stride=down).transpose(1, 2).reshape(-1)
+    return out[: math.ceil(up * wave.numel() / down)]
+
+
 def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Mono float32 ``samples`` from ``rate`` to ``target`` Hz (soxr, high quality)."""
-    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+    """Mono float32 ``samples`` from ``rate`` to ``target`` Hz (see :func:`resample_tensor`)."""
+    samples = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
     if rate == target:
         return samples
-    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32)
+    return resample_tensor(torch.from_numpy(samples), rate, target).numpy()

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from cosyvoice.engine import Audio
+from cosyvoice.model.features import prompt_mel, resample
 from cosyvoice.model.hift import HiFTGenerator, SourceDraws
 from cosyvoice.model.loader import Components
 
@@ -100,6 +102,20 @@ class CausalHiftStream:
         out = wave[self.emitted : end]
         self.emitted = max(self.emitted, end)
         return out
+
+
+def prompt_features(c: Components, audio: Audio) -> dict[str, np.ndarray]:
+    """Speech tokens, prompt mel and x-vector of a prompt recording, as upstream's frontend makes them."""
+    wave16k = resample(audio.samples, audio.sample_rate, 16000)
+    tokens = c.speech_tokenizer(wave16k)
+    embedding = c.speaker_encoder(wave16k)
+    wave = resample(audio.samples, audio.sample_rate, c.mel.sampling_rate)  # from the original, as upstream now does
+    feat = prompt_mel(torch.from_numpy(wave), c.mel)
+    if c.generation > 1:  # exactly token_mel_ratio frames per token
+        ratio = c.flow.token_mel_ratio
+        n = min(feat.size(0) // ratio, tokens.numel())
+        feat, tokens = feat[: n * ratio], tokens[:n]
+    return {"speech_token": tokens.numpy(), "speech_feat": feat.numpy(), "embedding": embedding.numpy()}
 
 
 def fixed_draws(hift: HiFTGenerator, seconds: float = 30.0) -> SourceDraws:

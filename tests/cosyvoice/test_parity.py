@@ -184,3 +184,28 @@ def test_tolerances_catch_mistakes(models, reference, monkeypatch):
     monkeypatch.setattr(hift_module.Snake, "forward", lambda self, x: x + torch.sin(self.alpha.view(1, -1, 1) * x).pow(2))
     wave, _ = hift(hcase["mel"].float(), SourceDraws(hcase["phase"].float(), hcase["noise"].float()))
     assert max_error(wave, hcase["wave"]) > 100 * HIFT_TOL
+
+
+@pytest.mark.parametrize("pair", ["44100_16000", "16000_24000", "24000_16000", "16000_22050"])
+def test_resampling(feature_reference, pair):
+    rate, target = map(int, pair.split("_"))
+    case = feature_reference["resample"][pair]
+    assert max_error(features.resample_tensor(case["input"].float(), rate, target), case["output"]) < 2e-5
+
+
+@pytest.mark.parametrize("generation", [1, 2])
+def test_frontend_prompt_features(generation, models, reference):
+    """The whole prompt path: resampling, both ONNX frontends with their features, the prompt mel, text ids."""
+    from cosyvoice.engine import Audio
+    from cosyvoice.model.pipeline import prompt_features
+
+    case = reference[generation]["frontend"]
+    model = models[generation]
+    ours = prompt_features(model, Audio(case["prompt16k"].float().numpy(), 16000))
+    assert ours["speech_token"].tolist() == case["speech_token"].tolist()
+    assert max_error(torch.from_numpy(ours["speech_feat"]), case["speech_feat"]) < 1e-4
+    embedding = case["embedding"]
+    assert max_error(torch.from_numpy(ours["embedding"]), embedding) < 1e-5 * embedding.abs().max().item() * 10
+    if generation > 1:
+        assert model.tokenizer.encode(case["text"]) == case["text_ids"].tolist()
+        assert model.tokenizer.encode(case["prompt_text"]) == case["prompt_text_ids"].tolist()
