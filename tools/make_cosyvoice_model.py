@@ -249,12 +249,12 @@ def make_model(out_dir: str | Path, version: str = "v2", size: str = "tiny", see
 
     llm_state = {k: v.clone() for k, v in llm.state_dict().items()}
     if generation > 1:
-        embed = llm_state["llm.model.model.embed_tokens.weight"]
-        llm_state["llm.model.lm_head.weight"] = embed.clone()
+        # tied to the embeddings, as in the official file (torch.save then stores it once)
+        llm_state["llm.model.lm_head.weight"] = llm_state["llm.model.model.embed_tokens.weight"]
         if size == "tiny":
             from safetensors.torch import save_file
 
-            hf = {k[len("llm.model.") :]: v.contiguous() for k, v in llm_state.items() if k.startswith("llm.model.")}
+            hf = {k[len("llm.model.") :]: v.clone() for k, v in llm_state.items() if k.startswith("llm.model.")}
             save_file(hf, str(out / loader.BLANK_EN / "model.safetensors"), metadata={"format": "pt"})
     torch.save(llm_state, out / "llm.pt")
     torch.save({k: v.clone() for k, v in flow.state_dict().items()}, out / "flow.pt")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ class CosyVoiceOptions:
     onnx_threads: int = 1
     first_hop: int = 25  # tokens in the first streamed chunk (plus alignment pad and 3 lookahead)
     max_hop: int = 100
+    threads: int = 0  # torch CPU threads; 0: half the cores (small ops stall when threads outnumber idle cores)
 
 
 def resolve_device(device: str) -> str:
@@ -88,6 +90,8 @@ class CosyVoiceEngine(Engine):
         from cosyvoice.model.frontend import TextNormalizer
 
         device = resolve_device(self.options.device)
+        if device == "cpu":
+            torch.set_num_threads(self.options.threads or max(1, (os.cpu_count() or 2) // 2))
         c = load_model(self.options.model_dir, device, onnx_threads=self.options.onnx_threads)
         self.components = c
         self._normalizer = TextNormalizer(self.options.normalize_text)

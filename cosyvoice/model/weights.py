@@ -25,7 +25,8 @@ def read_state(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are paged in from the file as they are copied, not held twice
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a truncated or foreign file: say which one
         raise CheckpointError(f"{path}: cannot be read as a state dict: {error}") from error
     if not isinstance(state, Mapping):
