@@ -33,6 +33,7 @@ from cosyvoice.text import split_clauses
 log = logging.getLogger(__name__)
 
 V3_SYSTEM = "You are a helpful assistant."
+V1_END_OF_PROMPT = "<endofprompt>"
 CLONING = (Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC)
 
 
@@ -119,6 +120,7 @@ class CosyVoiceEngine(Engine):
         digest = zlib.crc32(repr((c.generation, sizes)).encode()) & 0xFFFFFFFF
         safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in c.name)[:40]
         self._feature_key = f"cosyvoice-v{c.generation}.{safe_name}.{digest:08x}"
+        _warm_up(c)
         log.info("CosyVoice v%d ready on %s: modes %s", c.generation, device, sorted(m.value for m in modes))
 
     async def close(self) -> None:
@@ -192,8 +194,8 @@ class CosyVoiceEngine(Engine):
             embedding = c.spk2info[voice]["embedding"].float().view(1, -1).to(device)
             prompt_text = empty
             llm_embedding: torch.Tensor | None = embedding
-            if mode is Mode.INSTRUCT:
-                prompt_text = self._text_ids(_with_end(request.instruct_text), device)
+            if mode is Mode.INSTRUCT:  # v1 writes the marker as plain text: Whisper's BPE has no such token
+                prompt_text = self._text_ids(_with_end(request.instruct_text, V1_END_OF_PROMPT), device)
                 llm_embedding = None  # upstream drops it: the instruction, not the voice, sets the style
             return Prompt(prompt_text, empty, llm_embedding, empty, no_feat, embedding)
 
@@ -243,9 +245,28 @@ class CosyVoiceEngine(Engine):
         return self.components.speech_tokenizer(resample(audio.samples, audio.sample_rate, 16000))
 
 
-def _with_end(text: str) -> str:
+@torch.inference_mode()
+def _warm_up(c: Components) -> None:
+    """A tiny pass through every stage, so the first request does not pay for lazy initialization."""
+    device = next(c.flow.parameters()).device
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    text = torch.tensor(c.tokenizer.encode("warm up"), dtype=torch.long, device=device)
+    state = c.llm.start(c.llm.prompt(text, empty, empty, None), text_len=text.numel(), seed=1)
+    c.llm.advance(state, 0)
+    tokens = torch.zeros(8, dtype=torch.long, device=device)
+    speaker = torch.ones(1, 192, device=device)
+    no_feat = torch.zeros(1, 0, 80, device=device)
+    if c.generation == 1:
+        frames = c.flow.target_frames(tokens.numel())
+        mel = c.flow(tokens, empty, no_feat, speaker, torch.randn(1, 80, frames, device=device))
+    else:
+        mel = c.flow(tokens, empty, no_feat, speaker, c.noise)
+    c.hift(mel)
+
+
+def _with_end(text: str, marker: str = END_OF_PROMPT) -> str:
     text = text.strip()
-    return text if text.endswith(END_OF_PROMPT) else text + END_OF_PROMPT
+    return text if text.endswith(marker) else text + marker
 
 
 def _next_chunk(chunks: Any) -> np.ndarray | None:

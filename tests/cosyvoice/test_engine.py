@@ -138,3 +138,24 @@ def test_gateway_serves_a_model_dir(model_dirs, tmp_path):
         assert bad.status_code == 400 and "instruct" in bad.text
     finally:
         server.stop()
+
+
+async def test_v1_sft_and_instruct(model_dirs, tmp_path):
+    import shutil
+
+    instruct_dir = tmp_path / "CosyVoice-300M-Instruct-tiny"
+    shutil.copytree(model_dirs[1], instruct_dir)
+    engine = CosyVoiceEngine(CosyVoiceOptions(str(instruct_dir), device="cpu"))
+    await engine.start()
+    try:
+        caps = engine.capabilities
+        assert caps.sample_rate == 22050 and Mode.INSTRUCT in caps.modes and Mode.INSTRUCT2 not in caps.modes
+        for request in (
+            SynthesisRequest(text="Hello there.", mode=Mode.SFT, voice="英文男", seed=1),
+            SynthesisRequest(text="Hello there.", mode=Mode.INSTRUCT, voice="英文男", instruct_text="Whisper.", seed=1),
+        ):
+            chunks = await collect(engine, request)
+            audio = np.concatenate(chunks)
+            assert len(audio) > 0 and len(audio) % 256 == 0  # whole mel frames of 256 samples
+    finally:
+        await engine.close()
