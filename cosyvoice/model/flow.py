@@ -11,6 +11,7 @@ draws fresh noise per call (pass a generator to make it reproducible).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -139,19 +140,53 @@ class MaskedDiffWithXvec(_Flow):
     def target_frames(self, tokens: int) -> int:
         return int(tokens / self.input_frame_rate * 22050 / 256)
 
+    def mu(self, tokens: Tensor, prompt_tokens: Tensor, prompt_frames: int) -> Tensor:
+        """The CFM condition ``[1, prompt_frames + target_frames, 80]``."""
+        all_tokens = torch.cat([prompt_tokens, tokens])
+        h = self.encoder(self.embed(all_tokens), torch.tensor([all_tokens.numel()], device=tokens.device))
+        h = self.encoder_proj(h)
+        split = prompt_tokens.numel()
+        return self.length_regulator(
+            h[:, :split], h[:, split:], prompt_frames, self.target_frames(tokens.numel()), self.input_frame_rate
+        )
+
     @torch.inference_mode()
     def forward(
         self, tokens: Tensor, prompt_tokens: Tensor, prompt_feat: Tensor, embedding: Tensor, noise: Tensor
     ) -> Tensor:
         """Mel ``[1, 80, frames]`` for ``tokens``; ``noise`` covers at least prompt + target frames."""
-        all_tokens = torch.cat([prompt_tokens, tokens])
-        h = self.encoder(self.embed(all_tokens), torch.tensor([all_tokens.numel()], device=tokens.device))
-        h = self.encoder_proj(h)
-        split = prompt_tokens.numel()
-        mu = self.length_regulator(
-            h[:, :split], h[:, split:], prompt_feat.size(1), self.target_frames(tokens.numel()), self.input_frame_rate
-        )
+        mu = self.mu(tokens, prompt_tokens, prompt_feat.size(1))
         return self.solve(mu, prompt_feat, self.speaker(embedding), noise, streaming=False)
+
+    @torch.inference_mode()
+    def window(
+        self, tokens: Tensor, prompt_tokens: Tensor, prompt_feat: Tensor, embedding: Tensor, noise: Tensor,
+        carry: FlowCarry | None, overlap_frames: int,
+    ) -> tuple[Tensor, FlowCarry]:
+        """One streaming window of tokens. ``carry`` (from the previous window) fixes the noise and the
+        condition of the prompt and of the overlap at this window's start, so overlapping frames agree;
+        the returned carry does the same for the next window."""
+        mu = self.mu(tokens, prompt_tokens, prompt_feat.size(1))
+        noise = noise[:, :, : mu.size(1)].clone()
+        if carry is not None:
+            fixed = carry.noise.size(2)
+            noise[:, :, :fixed] = carry.noise
+            mu[:, :fixed] = carry.mu
+        mel = self.solve(mu, prompt_feat, self.speaker(embedding), noise, streaming=False)
+        keep = [slice(0, prompt_feat.size(1)), slice(mu.size(1) - overlap_frames, mu.size(1))]
+        carry = FlowCarry(
+            noise=torch.cat([noise[:, :, k] for k in keep], dim=2), mu=torch.cat([mu[:, k] for k in keep], dim=1)
+        )
+        return mel, carry
+
+
+@dataclass
+class FlowCarry:
+    """What a v1 streaming window hands to the next: noise ``[1, 80, L]`` and condition ``[1, L, 80]``
+    for [prompt | overlap] frames."""
+
+    noise: Tensor
+    mu: Tensor
 
 
 class _CausalFlow(_Flow):

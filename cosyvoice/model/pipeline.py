@@ -31,6 +31,7 @@ from cosyvoice.model.features import prompt_mel, resample
 from cosyvoice.model.hift import HiFTGenerator, SourceDraws
 from cosyvoice.model.loader import Components
 
+V1_HOP, V1_OVERLAP, V1_MEL_CACHE = 100, 20, 20  # tokens, tokens, mel frames (v1 streaming)
 SILENT_TOKENS_V3 = frozenset({1, 2, 28, 29, 55, 248, 494, 2241, 2242, 2322, 2323})
 MAX_SILENT_RUN = 5
 
@@ -52,15 +53,14 @@ class Prompt:
 
 
 class HiftStream:
-    """Chunked vocoding for the non-causal v1/v2 HiFT: carry 8 mel frames and the excitation's tail,
-    cross-fade the seam with a Hamming window."""
+    """Chunked vocoding for the non-causal v1/v2 HiFT: carry the last mel frames and the excitation's
+    tail into the next chunk, and cross-fade the seam with a Hamming window."""
 
-    MEL_CACHE = 8
-
-    def __init__(self, hift: HiFTGenerator, generator: torch.Generator | None) -> None:
+    def __init__(self, hift: HiFTGenerator, generator: torch.Generator | None, mel_cache: int = 8) -> None:
         self.hift = hift
         self.generator = generator
-        self.overlap = self.MEL_CACHE * hift.hop_samples
+        self.mel_cache = mel_cache
+        self.overlap = mel_cache * hift.hop_samples
         self.window = torch.from_numpy(np.hamming(2 * self.overlap).astype(np.float32))
         self.mel: Tensor | None = None
         self.source: Tensor | None = None
@@ -76,7 +76,7 @@ class HiftStream:
             wave[:n] = wave[:n] * self.window[:n] + self.tail[-n:] * self.window[self.overlap : self.overlap + n]
         if final:
             return wave
-        self.mel = mel[:, :, -self.MEL_CACHE :]
+        self.mel = mel[:, :, -self.mel_cache :]
         self.source = source[:, :, -self.overlap :]
         self.tail = wave[-self.overlap :]
         return wave[: -self.overlap]
@@ -147,7 +147,7 @@ class Synthesis:
     ) -> None:
         self.c = components
         self.prompt = prompt
-        self.stream = stream and speed == 1.0 and components.generation > 1
+        self.stream = stream and speed == 1.0
         self.speed = speed
         self.generator = generator
         self.seed = seed
@@ -208,6 +208,9 @@ class Synthesis:
             if tokens:
                 yield self._whole(tokens)
             return
+        if self.c.generation == 1:
+            yield from self._windows(token_source)
+            return
         lookahead = self.c.flow.lookahead
         ratio = self.c.flow.token_mel_ratio
         prompt_tokens = self.prompt.flow_speech.numel()
@@ -228,3 +231,40 @@ class Synthesis:
         if tokens:
             mel = self._flow(tokens, streaming=True, finalize=True)
             yield vocoder.push(mel[:, :, offset * ratio :], final=True).numpy()
+
+    def _windows(self, token_source: Iterator[int]) -> Iterator[np.ndarray]:
+        """v1 streaming: windows of hop + 20 tokens that overlap by 20; the overlap's 34 mel frames share
+        noise and condition with the previous window and are cross-faded; then chunked vocoding."""
+        flow, p = self.c.flow, self.prompt
+        hop, overlap = V1_HOP, V1_OVERLAP
+        overlap_frames = flow.target_frames(overlap)
+        fade = torch.from_numpy(np.hamming(2 * overlap_frames).astype(np.float32)).to(p.flow_feat.device)
+        vocoder = HiftStream(self.c.hift, self.generator, mel_cache=V1_MEL_CACHE)
+        carry = None
+        held: Tensor | None = None
+
+        def render(window: list[int], final: bool) -> np.ndarray:
+            nonlocal carry, held
+            frames = p.flow_feat.size(1) + flow.target_frames(len(window))
+            noise = torch.randn(1, 80, frames, generator=self.generator).to(p.flow_feat.device)
+            tokens = torch.tensor(window, dtype=torch.long, device=p.flow_feat.device)
+            mel, carry = flow.window(tokens, p.flow_speech, p.flow_feat, p.flow_embedding, noise, carry, overlap_frames)
+            if held is not None:
+                n = min(overlap_frames, mel.size(2))
+                mel[:, :, :n] = mel[:, :, :n] * fade[:n] + held[:, :, :n] * fade[overlap_frames : overlap_frames + n]
+            if final:
+                return vocoder.push(mel, final=True).numpy()
+            held = mel[:, :, -overlap_frames:]
+            return vocoder.push(mel[:, :, :-overlap_frames], final=False).numpy()
+
+        tokens: list[int] = []
+        offset = 0
+        for token in token_source:
+            tokens.append(token)
+            if len(tokens) - offset >= hop + overlap:
+                yield render(tokens[offset : offset + hop + overlap], final=False)
+                offset += hop
+        if self.cancelled.is_set():
+            raise Cancelled
+        if len(tokens) > offset:
+            yield render(tokens[offset:], final=True)

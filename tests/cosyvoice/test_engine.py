@@ -159,3 +159,23 @@ async def test_v1_sft_and_instruct(model_dirs, tmp_path):
             assert len(audio) > 0 and len(audio) % 256 == 0  # whole mel frames of 256 samples
     finally:
         await engine.close()
+
+
+async def test_v1_streams_in_overlapping_windows(model_dirs):
+    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[1]), device="cpu"), clause_options={"max_chars": 1000})
+    await engine.start()
+    try:
+        llm = engine.components.llm
+        long_text = " ".join(["this single clause is long enough to give the tiny model many speech tokens"] * 3)
+        request = SynthesisRequest(text=long_text, mode=Mode.SFT, seed=11, stream=True)
+        chunks = await collect(engine, request)
+        whole = np.concatenate(await collect(engine, SynthesisRequest(**{**request.__dict__, "stream": False})))
+        streamed = np.concatenate(chunks)
+        assert len(chunks) >= 2, "expected at least one 100-token window before the last"
+        # the first window: 120 tokens -> 206 frames, minus 34 held for the cross-fade and 20 for the vocoder seam
+        assert len(chunks[0]) == (int(120 / 50 * 22050 / 256) - 34 - 20) * 256
+        # overlapping windows add no audio: durations agree to within one window's rounding
+        assert abs(len(streamed) - len(whole)) <= 3 * 256
+        assert llm.speech_token_size == 100
+    finally:
+        await engine.close()
