@@ -26,7 +26,7 @@ from cosyvoice.engine import Audio, Capabilities, Emit, Engine, Mode, SynthesisR
 from cosyvoice.errors import EngineFailure, InvalidRequest
 from cosyvoice.model.features import resample
 from cosyvoice.model.loader import Components, load_model
-from cosyvoice.model.pipeline import Cancelled, Prompt, Synthesis, fixed_draws, prompt_features
+from cosyvoice.model.pipeline import Cancelled, ModeInputs, Synthesis, fixed_draws, prompt_features
 from cosyvoice.model.tokenizer import END_OF_PROMPT
 from cosyvoice.text import split_clauses
 
@@ -164,7 +164,7 @@ class CosyVoiceEngine(Engine):
             return [text]
         return split_clauses(self._normalizer(text), **self.clause_options) or [text]
 
-    def _start_piece(self, request: SynthesisRequest, prompt: Prompt, piece: str | None, cancelled: threading.Event):
+    def _start_piece(self, request: SynthesisRequest, prompt: ModeInputs, piece: str | None, cancelled: threading.Event):
         c = self.components
         seed = request.seed if request.seed > 0 else None
         generator = torch.Generator().manual_seed(request.seed) if seed else None
@@ -183,7 +183,7 @@ class CosyVoiceEngine(Engine):
 
     # -- prompts ----------------------------------------------------------------
     @torch.inference_mode()
-    def _prompt(self, request: SynthesisRequest) -> Prompt:
+    def _prompt(self, request: SynthesisRequest) -> ModeInputs:
         c = self.components
         device = c.noise.device if c.noise is not None else next(c.flow.parameters()).device
         empty = torch.zeros(0, dtype=torch.long, device=device)
@@ -197,7 +197,7 @@ class CosyVoiceEngine(Engine):
             if mode is Mode.INSTRUCT:  # v1 writes the marker as plain text: Whisper's BPE has no such token
                 prompt_text = self._text_ids(_with_end(request.instruct_text, V1_END_OF_PROMPT), device)
                 llm_embedding = None  # upstream drops it: the instruction, not the voice, sets the style
-            return Prompt(prompt_text, empty, llm_embedding, empty, no_feat, embedding)
+            return ModeInputs(prompt_text, empty, llm_embedding, empty, no_feat, embedding)
 
         features = self._voice_features(request)
         tokens = torch.from_numpy(features["speech_token"]).long().to(device)
@@ -207,14 +207,14 @@ class CosyVoiceEngine(Engine):
             transcript = request.prompt_text.strip() or (request.saved_voice.prompt_text if request.saved_voice else "")
             if c.generation == 3 and END_OF_PROMPT not in transcript:
                 transcript = f"{V3_SYSTEM}{END_OF_PROMPT}{transcript}"
-            return Prompt(self._text_ids(transcript, device), tokens, embedding, tokens, feat, embedding)
+            return ModeInputs(self._text_ids(transcript, device), tokens, embedding, tokens, feat, embedding)
         if mode is Mode.INSTRUCT2:
             instruct = request.instruct_text.strip()
             if c.generation == 3 and END_OF_PROMPT not in instruct:
                 instruct = f"{V3_SYSTEM} {instruct}"
-            return Prompt(self._text_ids(_with_end(instruct), device), empty, None, tokens, feat, embedding)
+            return ModeInputs(self._text_ids(_with_end(instruct), device), empty, None, tokens, feat, embedding)
         # cross_lingual and vc: the prompt gives the voice, not the words
-        return Prompt(empty, empty, embedding, tokens, feat, embedding)
+        return ModeInputs(empty, empty, embedding, tokens, feat, embedding)
 
     def _text_ids(self, text: str, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.components.tokenizer.encode(text), dtype=torch.long, device=device)

@@ -42,7 +42,7 @@ from cosyvoice.model.tokenizer import (
     whisper_ranks,
 )
 from cosyvoice.model.unet import ConditionalDecoder
-from cosyvoice.model.weights import CheckpointError, load_strict, read_state
+from cosyvoice.model.weights import CheckpointError, load_strict
 from cosyvoice.model.yaml import ConfigError, Tagged, load_config
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,6 @@ class Components:
     @property
     def name(self) -> str:
         return self.directory.name
-
-    @property
-    def token_rate(self) -> int:
-        return 50 if self.generation == 1 else 25
 
 
 def find_config(model_dir: Path) -> tuple[Path, int]:
@@ -330,6 +326,3 @@ def load_model(model_dir: str | Path, device: str = "cpu", *, onnx_threads: int 
         spk2info=load_spk2info(directory / "spk2info.pt"),
         noise=fixed_noise().to(device) if generation > 1 else None,
     )
-
-
-__all__ = ["Components", "load_model", "read_state", "ConfigError", "CheckpointError"]

@@ -41,7 +41,7 @@ class Cancelled(Exception):
 
 
 @dataclass
-class Prompt:
+class ModeInputs:
     """The per-mode inputs of one request, ready for the models (CPU or device tensors)."""
 
     prompt_text: Tensor  # text token ids before the text to speak (transcript or instruction)
@@ -134,7 +134,7 @@ class Synthesis:
     def __init__(
         self,
         components: Components,
-        prompt: Prompt,
+        prompt: ModeInputs,
         *,
         stream: bool,
         speed: float,
