@@ -97,19 +97,23 @@ class EmbeddedEngine(Engine):
             await self._speak_clause(clause, request, emit_counted, deadline=started + audio_seconds)
 
     async def _speak_clause(self, clause: str, request: SynthesisRequest, emit: Emit, deadline: float) -> None:
-        """One clause on one worker; if the worker dies before any audio, again on another."""
+        """One clause on one worker, emitted once whole; if the worker dies, again on another.
+
+        A clause is one sentence as a rule (the splitter cuts at sentence ends),
+        so waiting for its end costs nothing, and a clause that is never emitted
+        in part can always be retried.
+        """
         attempts = self.pool.size + 1  # every failed attempt rules out one dead worker
         for attempt in range(attempts):
-            emitted = False
             try:
                 async with self.pool.acquire(deadline) as worker:
-                    async for samples in worker.synthesize(clause, request.speed, deterministic=request.seed > 0):
-                        emitted = True
-                        await emit(samples)
-                return
+                    pieces = [s async for s in worker.synthesize(clause, request.speed, deterministic=request.seed > 0)]
+                break
             except WorkerExited:
-                if emitted or attempt == attempts - 1:
+                if attempt == attempts - 1:
                     raise
+        for samples in pieces:
+            await emit(samples)
 
 
 def _locate_voice(voice_model: str) -> tuple[Path, str]:
