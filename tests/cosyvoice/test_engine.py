@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import numpy as np
 import pytest
 
@@ -118,26 +117,6 @@ async def test_event_loop_stays_responsive(engine):
     await collect(engine, SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=4, stream=True))
     await tick
     assert max(lags) < 0.25
-
-
-def test_gateway_serves_a_model_dir(model_dirs, tmp_path):
-    from gateway.settings import Settings
-    from tests.servers import ServerThread
-
-    settings = Settings.model_validate(
-        {"engine": {"model_dir": str(model_dirs[2]), "device": "cpu"}, "paths": {"data_dir": str(tmp_path)}}
-    )
-    server = ServerThread(settings).start(ready_timeout=120)
-    try:
-        health = httpx.get(server.url + "/v1/health").json()
-        assert health["engine"] == "cosyvoice"
-        response = httpx.post(server.url + "/v1/tts/stream", json={"text": TEXT, "seed": 1}, timeout=120)
-        assert response.status_code == 200 and response.headers["x-sample-rate"] == str(RATE)
-        assert len(response.content) > RATE * 2 * 0.5
-        bad = httpx.post(server.url + "/v1/tts", json={"text": TEXT, "mode": "instruct", "instruct_text": "x"}, timeout=30)
-        assert bad.status_code == 400 and "instruct" in bad.text
-    finally:
-        server.stop()
 
 
 async def test_v1_sft_and_instruct(model_dirs, tmp_path):

@@ -117,3 +117,14 @@ def test_tokenizers(models):
     whisper = models[1].tokenizer
     assert whisper.vocab_size < models[1].llm.text_embedding.num_embeddings
     assert whisper.encode("<|en|>hello")[0] == whisper.token_id("<|en|>")
+
+
+def test_text_normalization_switch():
+    from cosyvoice.model.frontend import TextNormalizer
+
+    off = TextNormalizer(enabled=False)
+    assert not off.active and off("It costs $5.") == "It costs $5."
+    on = TextNormalizer(enabled=True)  # wetext when installed, else a pass-through
+    assert on("<|en|>keep $5 as written") == "<|en|>keep $5 as written"
+    if not on.active:
+        assert on("It costs $5.") == "It costs $5."
