@@ -189,9 +189,16 @@ class CosyVoiceEngine(Engine):
         empty = torch.zeros(0, dtype=torch.long, device=device)
         no_feat = torch.zeros(1, 0, 80, device=device)
         mode = request.mode
+        saved = request.saved_voice
+        if mode is Mode.SFT and saved is not None:
+            # a cloned voice speaks by zero-shot cloning from its prompt (cross-lingual without a transcript)
+            mode = Mode.ZERO_SHOT if saved.prompt_text.strip() else Mode.CROSS_LINGUAL
         if mode in (Mode.SFT, Mode.INSTRUCT):
-            voice = self.resolve_voice(request.voice)
-            embedding = c.spk2info[voice]["embedding"].float().view(1, -1).to(device)
+            if saved is not None:  # v1 instruct with a cloned voice: its x-vector stands in for a built-in one
+                embedding = torch.from_numpy(self._voice_features(request)["embedding"]).float()
+            else:
+                embedding = c.spk2info[self.resolve_voice(request.voice)]["embedding"].float()
+            embedding = embedding.view(1, -1).to(device)
             prompt_text = empty
             llm_embedding: torch.Tensor | None = embedding
             if mode is Mode.INSTRUCT:  # v1 writes the marker as plain text: Whisper's BPE has no such token
@@ -204,7 +211,7 @@ class CosyVoiceEngine(Engine):
         feat = torch.from_numpy(features["speech_feat"]).float().to(device).unsqueeze(0)
         embedding = torch.from_numpy(features["embedding"]).float().view(1, -1).to(device)
         if mode is Mode.ZERO_SHOT:
-            transcript = request.prompt_text.strip() or (request.saved_voice.prompt_text if request.saved_voice else "")
+            transcript = request.prompt_text.strip() or (saved.prompt_text.strip() if saved else "")
             if c.generation == 3 and END_OF_PROMPT not in transcript:
                 transcript = f"{V3_SYSTEM}{END_OF_PROMPT}{transcript}"
             return ModeInputs(self._text_ids(transcript, device), tokens, embedding, tokens, feat, embedding)

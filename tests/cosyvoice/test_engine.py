@@ -158,3 +158,11 @@ async def test_v1_streams_in_overlapping_windows(model_dirs):
         assert llm.speech_token_size == 100
     finally:
         await engine.close()
+
+
+async def test_saved_voice_in_sft_mode_is_cloned(engine):
+    voice = SavedVoice(id="carol", prompt_audio=PROMPT, prompt_text="a prompt")
+    silent = SavedVoice(id="dave", prompt_audio=PROMPT, prompt_text="")
+    for saved in (voice, silent):
+        audio = np.concatenate(await collect(engine, SynthesisRequest(text="Hi there.", voice=saved.id, saved_voice=saved, seed=2)))
+        assert len(audio) > 0 and engine.feature_key in saved.features
