@@ -29,6 +29,7 @@ def _session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSes
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = [p for p in providers if p in ort.get_available_providers()] or ["CPUExecutionProvider"]
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:
