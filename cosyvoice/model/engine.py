@@ -76,6 +76,7 @@ class CosyVoiceEngine(Engine):
         self._draws = None
         self._normalizer = None
         self._feature_key = ""
+        self._active = 0
 
     @property
     def capabilities(self) -> Capabilities:
@@ -128,6 +129,11 @@ class CosyVoiceEngine(Engine):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
+    def busy(self) -> int:
+        """Requests in progress (they share the one inference thread, a chunk at a time)."""
+        return self._active
+
+    @property
     def feature_key(self) -> str:
         """The key this model's prompt features are cached under in a saved voice."""
         return self._feature_key
@@ -136,6 +142,7 @@ class CosyVoiceEngine(Engine):
     async def _produce(self, request: SynthesisRequest, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
+        self._active += 1
         try:
             prompt = await loop.run_in_executor(self._executor, self._prompt, request)
             for piece in self._pieces(request):
@@ -154,6 +161,8 @@ class CosyVoiceEngine(Engine):
         except Exception as error:
             log.exception("CosyVoice synthesis failed")
             raise EngineFailure(f"synthesis failed: {error}") from error
+        finally:
+            self._active -= 1
 
     def _pieces(self, request: SynthesisRequest) -> list[str | None]:
         """Clauses to speak (each a separate model run); VC has one piece, the source audio."""

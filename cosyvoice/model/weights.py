@@ -34,8 +34,8 @@ def read_state(path: Path) -> dict[str, Tensor]:
     return dict(state)
 
 
-def fold_weight_norm(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
-    """Replace each (g, v) pair by the weight it stands for."""
+def fold_weight_norm(state: dict[str, Tensor], path: Path, origins: dict[str, str] | None = None) -> dict[str, Tensor]:
+    """Replace each (g, v) pair by the weight it stands for; ``origins`` learns which file key each came from."""
     folded: dict[str, Tensor] = {}
     for key, value in state.items():
         for g_suffix, v_suffix in _FORMS:
@@ -53,6 +53,8 @@ def fold_weight_norm(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
                 dims = list(range(1, v.dim()))
                 norm = v.norm(dim=dims, keepdim=True) if dims else v.abs()
                 folded[base + ".weight"] = value.reshape(norm.shape) * v / norm
+                if origins is not None:
+                    origins[base + ".weight"] = base + v_suffix
                 break
         else:
             folded[key] = value
@@ -71,7 +73,8 @@ def load_strict(module: nn.Module, path: Path, *, unused: Mapping[str, tuple[int
     state = read_state(path)
     if strip:
         state = {k[len(strip) :] if k.startswith(strip) else k: v for k, v in state.items()}
-    state = fold_weight_norm(state, path)
+    origins: dict[str, str] = {}
+    state = fold_weight_norm(state, path, origins)
     expected = module.state_dict()
     unused = dict(unused)
     for key, value in state.items():
@@ -80,7 +83,7 @@ def load_strict(module: nn.Module, path: Path, *, unused: Mapping[str, tuple[int
             raise CheckpointError(f"{path}: unexpected key '{key}' (shape {list(value.shape)}): not part of this model")
         if tuple(value.shape) != tuple(shape):
             raise CheckpointError(
-                f"{path}: key '{key}' has shape {list(value.shape)}, the config expects {list(shape)}"
+                f"{path}: key '{origins.get(key, key)}' has shape {list(value.shape)}, the config expects {list(shape)}"
             )
     for key in list(expected) + list(unused):
         if key not in state:

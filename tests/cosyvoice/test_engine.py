@@ -96,12 +96,14 @@ async def test_cancel_stops_the_work_within_a_chunk(engine, monkeypatch):
     long_text = " ".join(["This clause keeps the model busy for a while."] * 12)
     stream = engine.synthesize(SynthesisRequest(text=long_text, mode=Mode.SFT, seed=5, stream=True))
     await stream.__anext__()
+    assert engine.busy == 1
     stream.cancel()
     await asyncio.sleep(0.3)  # the chunk in flight notices the flag at its next token
     settled = len(steps)
     await asyncio.sleep(0.5)
     assert len(steps) == settled
     assert settled < 12 * 40  # far from the whole text
+    assert engine.busy == 0
 
 
 async def test_event_loop_stays_responsive(engine):
@@ -166,3 +168,21 @@ async def test_saved_voice_in_sft_mode_is_cloned(engine):
     for saved in (voice, silent):
         audio = np.concatenate(await collect(engine, SynthesisRequest(text="Hi there.", voice=saved.id, saved_voice=saved, seed=2)))
         assert len(audio) > 0 and engine.feature_key in saved.features
+
+
+async def test_start_fails_naming_file_and_key(model_dirs, tmp_path):
+    import shutil
+
+    import torch
+
+    from cosyvoice.model.weights import CheckpointError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dirs[2], broken)
+    state = torch.load(broken / "hift.pt", weights_only=True)
+    state["conv_post.weight_v"] = state["conv_post.weight_v"][:, :-1]
+    torch.save(state, broken / "hift.pt")
+    engine = CosyVoiceEngine(CosyVoiceOptions(str(broken), device="cpu"))
+    with pytest.raises(CheckpointError, match=r"hift\.pt: key 'conv_post\.weight_v' has shape"):
+        await engine.start()
+    assert not engine.ready
