@@ -9,6 +9,7 @@ start-up with a message that names the file and the key.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,11 +252,12 @@ def build_hift(config: dict[str, Any], generation: int, path: Path) -> HiFTGener
     kw = dict(config["hift"].kwargs)
     f0 = kw.pop("f0_predictor", None)
     f0_kw = _kwargs(f0, path, "hift.f0_predictor", ("ConvRNNF0Predictor", "CausalConvRNNF0Predictor"))
-    allowed = set(HiFTGenerator.__init__.__code__.co_varnames)
+    allowed = set(inspect.signature(HiFTGenerator).parameters) - {"f0_channels", "causal"}
     unknown = sorted(set(kw) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: hift: unsupported arguments {', '.join(unknown)}")
-    return HiFTGenerator(**kw, f0_channels=f0_kw.get("cond_channels", 512), causal=generation == 3)
+    if unknown:  # inference does not depend on them; the strict weight load still checks every shape
+        log.warning("%s: hift: ignoring arguments %s", path, ", ".join(unknown))
+    known = {k: v for k, v in kw.items() if k in allowed}
+    return HiFTGenerator(**known, f0_channels=f0_kw.get("cond_channels", 512), causal=generation == 3)
 
 
 def build_mel(config: dict[str, Any], path: Path) -> MelConfig:
