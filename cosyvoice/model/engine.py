@@ -25,6 +25,7 @@ import torch
 from cosyvoice.engine import Audio, Capabilities, Emit, Engine, Mode, SynthesisRequest
 from cosyvoice.errors import EngineFailure, InvalidRequest
 from cosyvoice.model.features import resample
+from cosyvoice.model.frontend import MAX_PROMPT_SECONDS, TextNormalizer
 from cosyvoice.model.loader import Components, load_model
 from cosyvoice.model.pipeline import Cancelled, ModeInputs, Synthesis, fixed_draws, prompt_features
 from cosyvoice.model.tokenizer import END_OF_PROMPT
@@ -89,7 +90,6 @@ class CosyVoiceEngine(Engine):
         self._ready = True
 
     def _load(self) -> None:
-        from cosyvoice.model.frontend import TextNormalizer
 
         device = resolve_device(self.options.device)
         if device == "cpu":
@@ -139,6 +139,15 @@ class CosyVoiceEngine(Engine):
         return self._feature_key
 
     # -- requests ---------------------------------------------------------------
+    def validate(self, request: SynthesisRequest) -> None:
+        super().validate(request)
+        for name, audio in (("prompt", request.prompt_audio), ("source", request.source_audio)):
+            if audio is not None and audio.duration > MAX_PROMPT_SECONDS:
+                raise InvalidRequest(
+                    f"{name} audio is {audio.duration:.1f} s long; the speech tokenizer takes at most "
+                    f"{MAX_PROMPT_SECONDS:.0f} s"
+                )
+
     async def _produce(self, request: SynthesisRequest, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()

@@ -186,3 +186,11 @@ async def test_start_fails_naming_file_and_key(model_dirs, tmp_path):
     with pytest.raises(CheckpointError, match=r"hift\.pt: key 'conv_post\.weight_v' has shape"):
         await engine.start()
     assert not engine.ready
+
+
+async def test_overlong_prompt_is_a_client_error(engine):
+    from cosyvoice.errors import InvalidRequest
+
+    long_prompt = Audio(np.zeros(16000 * 31, dtype=np.float32), 16000)
+    with pytest.raises(InvalidRequest, match="31.0 s"):
+        engine.synthesize(SynthesisRequest(text=TEXT, mode=Mode.CROSS_LINGUAL, prompt_audio=long_prompt))
