@@ -90,7 +90,6 @@ class CosyVoiceEngine(Engine):
         self._ready = True
 
     def _load(self) -> None:
-
         device = resolve_device(self.options.device)
         if device == "cpu":
             torch.set_num_threads(self.options.threads or max(1, (os.cpu_count() or 2) // 2))
