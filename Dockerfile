@@ -7,15 +7,18 @@
 #     -e GATEWAY_ENGINE_MODEL_DIR=/model cosyvoice-gateway:cuda
 # Without Docker, the README's two commands remain the way to run and test.
 
+FROM scratch AS source
+COPY pyproject.toml README.md config.toml /app/
+COPY gateway /app/gateway
+COPY media /app/media
+COPY cosyvoice /app/cosyvoice
+COPY signaling /app/signaling
+
 FROM python:3.11-slim AS cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     GATEWAY_SERVER_HOST=0.0.0.0 GATEWAY_PATHS_DATA_DIR=/data
 WORKDIR /app
-COPY pyproject.toml README.md config.toml ./
-COPY gateway gateway
-COPY media media
-COPY cosyvoice cosyvoice
-COPY signaling signaling
+COPY --from=source /app /app
 # CPU torch from its own index so pip does not pull a CUDA build.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.3" \
  && pip install ".[cosyvoice]" \
@@ -35,11 +38,7 @@ ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential \
  && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/venv
 WORKDIR /app
-COPY pyproject.toml README.md config.toml ./
-COPY gateway gateway
-COPY media media
-COPY cosyvoice cosyvoice
-COPY signaling signaling
+COPY --from=source /app /app
 # vLLM pins its own CUDA torch; install it first so ours agrees with it.
 RUN pip install "vllm>=0.9" && pip install ".[cosyvoice]" && pip install --no-deps "silero-vad>=5.1"
 RUN useradd --create-home --uid 10001 gateway && mkdir -p /data && chown gateway /data

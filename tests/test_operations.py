@@ -78,17 +78,21 @@ def test_synthesis_capacity_queue_and_clean_503s(tmp_path: Path) -> None:
         busy.stop()
 
 
+def assert_second_session_refused(url: str, message: str) -> None:
+    """The first session opens; the second gets an error naming ``message`` and a 1013 close."""
+    with websockets.sync.client.connect(url) as first:
+        assert json.loads(first.recv(timeout=10))["type"] == "session.created"
+        with websockets.sync.client.connect(url) as second:
+            assert message in json.loads(second.recv(timeout=10))["message"]
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                second.recv(timeout=10)
+            assert closed.value.rcvd.code == 1013
+
+
 def test_session_capacity_refuses_cleanly(tmp_path: Path) -> None:
     full = server(tmp_path, limits={"max_websocket_sessions": 1, "max_webrtc_sessions": 0})
     try:
-        url = full.url.replace("http", "ws") + "/ws/v1/session"
-        with websockets.sync.client.connect(url) as first:
-            assert json.loads(first.recv(timeout=10))["type"] == "session.created"
-            with websockets.sync.client.connect(url) as second:
-                assert "at capacity" in json.loads(second.recv(timeout=10))["message"]
-                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
-                    second.recv(timeout=10)
-                assert closed.value.rcvd.code == 1013
+        assert_second_session_refused(full.url.replace("http", "ws") + "/ws/v1/session", "at capacity")
         offer = httpx.post(full.url + "/v1/webrtc/offer", json={"sdp": "m=audio", "type": "offer"})
         assert offer.status_code == 503 and "Retry-After" in offer.headers
     finally:
@@ -142,14 +146,7 @@ def test_per_key_session_limit(tmp_path: Path) -> None:
     keys_file.write_text('[[keys]]\nkey = "sk-one"\nname = "one"\nmax_sessions = 1\n')
     secured = server(tmp_path / "data", auth={"keys_file": str(keys_file)})
     try:
-        ws = secured.url.replace("http", "ws") + "/ws/v1/session?api_key=sk-one"
-        with websockets.sync.client.connect(ws) as first:
-            assert json.loads(first.recv(timeout=10))["type"] == "session.created"
-            with websockets.sync.client.connect(ws) as second:
-                assert "live sessions" in json.loads(second.recv(timeout=10))["message"]
-                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
-                    second.recv(timeout=10)
-                assert closed.value.rcvd.code == 1013
+        assert_second_session_refused(secured.url.replace("http", "ws") + "/ws/v1/session?api_key=sk-one", "live sessions")
     finally:
         secured.stop()
 
