@@ -14,7 +14,9 @@ hyperpyyaml into the upstream classes, loads our .pt files strictly into them
 outputs: teacher-forced/greedy LLM log-probabilities, flow mel for fixed
 noise, HiFT waveforms for given random draws, and the three feature
 extractors. Large inputs are rounded to float16 so both sides see exactly the
-same values.
+same values. Upstream's package is also called ``cosyvoice``: this script never
+imports the gateway's, and must be run as a file (its folder, not the
+repository root, heads ``sys.path``).
 """
 
 from __future__ import annotations
