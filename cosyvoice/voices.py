@@ -31,6 +31,9 @@ MAX_SECONDS = 30.0
 MIN_SAMPLE_RATE = 16000
 SILENCE_DBFS = -50.0
 _ID = re.compile(r"^[\w][\w .\-]{0,63}$")
+# 64 characters of the Basic Multilingual Plane; with the temporary names built
+# from an id (".tmp-deleted-<id>-<ns>") it stays under the 255-byte file name limit.
+_MAX_ID_BYTES = 192
 _TEMP_PREFIX = ".tmp-"
 
 
@@ -200,7 +203,7 @@ class VoiceRegistry:
         return [
             path
             for path in self.root.iterdir()
-            if path.is_dir() and not path.name.startswith(_TEMP_PREFIX) and (path / "voice.json").is_file()
+            if _valid_id(path.name) and path.is_dir() and (path / "voice.json").is_file()
         ]
 
     def _sweep(self) -> None:
@@ -213,7 +216,8 @@ class VoiceRegistry:
 def check_id(voice_id: str) -> str:
     if not _valid_id(voice_id):
         raise InvalidRequest(
-            f"invalid voice id {voice_id!r}: 1-64 letters, digits, spaces, '_', '-' or '.', starting with a letter or digit"
+            f"invalid voice id {voice_id!r}: 1-64 letters, digits, spaces, '_', '-' or '.' ({_MAX_ID_BYTES} bytes "
+            "in UTF-8 at most), starting with a letter or digit"
         )
     return voice_id
 
@@ -241,7 +245,7 @@ def validate_prompt(audio: Audio) -> Audio:
 
 
 def _valid_id(voice_id: str) -> bool:
-    return bool(_ID.fullmatch(voice_id)) and voice_id not in (".", "..")
+    return bool(_ID.fullmatch(voice_id)) and voice_id not in (".", "..") and len(voice_id.encode()) <= _MAX_ID_BYTES
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

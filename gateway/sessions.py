@@ -44,7 +44,10 @@ class SessionSpeech:
             if fields.get("seed") is not None:
                 changes["seed"] = int(fields["seed"])
             if fields.get("prompt_audio_base64"):
-                changes["prompt_audio"] = self.synth.audio_from_base64(fields["prompt_audio_base64"], "prompt_audio_base64")
+                encoded = fields["prompt_audio_base64"]
+                if not isinstance(encoded, str):
+                    raise TypeError("prompt_audio_base64 must be a base64 string")
+                changes["prompt_audio"] = self.synth.audio_from_base64(encoded, "prompt_audio_base64")
         except HTTPException as error:
             raise InvalidRequest(str(error.detail)) from error
         except (TypeError, ValueError) as error:

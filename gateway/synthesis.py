@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from pathlib import Path
 
 from fastapi import HTTPException, UploadFile
@@ -22,6 +23,9 @@ from gateway.settings import Settings
 from media.decode import AudioDecodeError, decode_audio
 
 MAX_SOURCE_SECONDS = 120.0
+# Control characters and unpaired surrogates: nothing an engine can speak, and
+# a NUL or a lone surrogate crashes the embedded voice's worker mid-stream.
+_UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class UndecodableAudio(InvalidRequest):
@@ -69,13 +73,13 @@ class Synthesizer:
         if voice is not None and voice not in self.engine.capabilities.voices and voice in self.registry:
             saved = self.registry.get(voice)
         return SynthesisRequest(
-            text=text,
+            text=speakable(text),
             mode=mode,
             voice=voice,
             saved_voice=saved,
             prompt_audio=prompt_audio,
-            prompt_text=prompt_text,
-            instruct_text=instruct_text,
+            prompt_text=speakable(prompt_text),
+            instruct_text=speakable(instruct_text),
             source_audio=source_audio,
             speed=speed,
             seed=seed,
@@ -151,10 +155,22 @@ class Synthesizer:
         if not base:
             raise HTTPException(403, f"{field}: server-side paths are disabled; send the audio instead")
         root = Path(base).expanduser().resolve()
-        candidate = (root / name).resolve()  # follows symlinks, so a link out of root is caught
+        try:  # a NUL, an unpaired surrogate or an overlong name is the client's mistake
+            candidate = (root / name).resolve()  # follows symlinks, so a link out of root is caught
+            is_file = candidate.is_file()
+        except (OSError, ValueError) as error:
+            raise InvalidRequest(f"{field}: not a usable file name") from error
         if not candidate.is_relative_to(root):
             raise HTTPException(403, f"{field}: the path is outside the prompt directory")
-        if not candidate.is_file():
+        if not is_file:
             raise InvalidRequest(f"{field}: no such file in the prompt directory: {name}")
         return candidate
 
+
+def speakable(text: str) -> str:
+    """``text`` with control characters and unpaired surrogates as spaces.
+
+    Text of nothing else is then refused as empty before any audio, and the
+    rest is spoken, instead of failing the engine after the headers are sent.
+    """
+    return _UNSPEAKABLE.sub(" ", text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from pydantic import BaseModel, Field, ValidationError
@@ -42,7 +43,7 @@ async def speakers(synth: Synthesizer = Depends(get_synthesizer)) -> dict:
     return {"speakers": synth.speakers()}
 
 
-@router.post("/v1/tts", response_model=None)
+@router.post("/v1/tts", response_model=None, responses={200: {"content": {"audio/pcm": {}}}})
 async def tts(body: TtsRequest, request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response | dict:
     """Non-stream: ``{"audio": base64 WAV, "sample_rate"}``; stream: s16le PCM chunks."""
     stream = await _open(synth, body, streaming=body.stream)
@@ -65,7 +66,7 @@ async def ws_tts(websocket: WebSocket) -> None:
     synth: Synthesizer = websocket.app.state.synthesizer
     await accept(websocket)
     try:
-        body = TtsRequest.model_validate(await websocket.receive_json())
+        body = await _receive_config(websocket)
         stream = await _open(synth, body, streaming=True)
     except WebSocketDisconnect:
         return
@@ -76,6 +77,16 @@ async def ws_tts(websocket: WebSocket) -> None:
     if await _send_until_disconnect(websocket, stream):
         await websocket.send_json({"done": True})
         await websocket.close()
+
+
+async def _receive_config(websocket: WebSocket) -> TtsRequest:
+    """The first message: the ``/v1/tts`` fields as JSON text (a binary frame is refused, not misread)."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    if message.get("text") is None:
+        raise ValueError("the first message must be JSON text with the /v1/tts fields")
+    return TtsRequest.model_validate(json.loads(message["text"]))
 
 
 async def _send_until_disconnect(websocket: WebSocket, stream: AudioStream) -> bool:

@@ -98,12 +98,13 @@ async def import_spk2info(
         raise HTTPException(415, f"not a readable spk2info.pt: {error}") from error
     if not isinstance(entries, dict) or not all(isinstance(value, dict) for value in entries.values()):
         raise HTTPException(415, "spk2info.pt must hold a dict of speaker id -> dict of tensors")
-    imported = []
-    for voice_id, entry in entries.items():
-        arrays = {name: value.detach().cpu().numpy() for name, value in entry.items() if torch.is_tensor(value)}
-        synth.registry.create(str(voice_id), None, features={SPK2INFO_KEY: arrays}, source="spk2info", replace=replace)
-        imported.append(str(voice_id))
-    return {"imported": imported}
+    try:  # every entry converts before any is saved: a bad tensor imports nothing
+        voices = {str(voice_id): _arrays(torch, entry) for voice_id, entry in entries.items()}
+    except (TypeError, RuntimeError) as error:
+        raise HTTPException(415, f"spk2info.pt holds a tensor that cannot be stored: {error}") from error
+    for voice_id, arrays in voices.items():
+        synth.registry.create(voice_id, None, features={SPK2INFO_KEY: arrays}, source="spk2info", replace=replace)
+    return {"imported": list(voices)}
 
 
 @router.get("/{voice_id}")
@@ -128,6 +129,11 @@ async def rename_voice(voice_id: str, body: Rename, synth: Synthesizer = Depends
 async def delete_voice(voice_id: str, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     synth.registry.delete(voice_id)
     return Response(status_code=204)
+
+
+def _arrays(torch, entry: dict) -> dict[str, np.ndarray]:
+    """An entry's tensors as arrays under string names (``np.savez`` takes names as keywords)."""
+    return {str(name): value.detach().cpu().numpy() for name, value in entry.items() if torch.is_tensor(value)}
 
 
 def _torch():
