@@ -1,0 +1,163 @@
+"""Telephony load: N concurrent simulated Twilio Media Streams (or Asterisk AudioSocket) calls.
+
+Each call is the protocol simulator the tests use (``tests/telephony_peers.py``):
+Twilio's side streams 20 ms of caller audio (silence) every 20 ms, plays what
+it is sent at real time and echoes marks; Asterisk's side sends 20 ms slin
+frames. Every call hears the same paragraph (Twilio: the stream's ``text``
+parameter; AudioSocket: the greeting). The gateway runs the replay engine, so
+what is measured is the gateway's own cost per call: μ-law and base64 (or
+slin framing), JSON, pacing, and the caller audio's voice activity detection
+(barge-in is on, as by default; ``--no-barge-in`` turns it off).
+
+Per run it prints what ``bench/sessions.py`` does, and the pacing error: how
+early or late the worst 20 ms message after the initial 100 ms lead arrived
+against a steady 20 ms schedule. The Twilio side plays as messages arrive,
+so the lead is its only buffer.
+
+    .venv/bin/python bench/telephony.py --ramp 10 50 100 150
+    .venv/bin/python bench/telephony.py --protocol audiosocket --ramp 50 100 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.sessions import PARAGRAPH, Gateway, Listener, engine_env, heard, ramp, report_capacity  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+
+LEAD = 0.1  # the gateway's default session.lead_ms
+QUIET = 0.5  # AudioSocket calls have ended when no frame came for this long
+
+
+@dataclass(frozen=True)
+class TwilioBotSpec:
+    ws_url: str
+    text: str = PARAGRAPH
+
+    def make(self) -> TwilioBot:
+        return TwilioBot(self)
+
+
+class TwilioBot:
+    """A Twilio call whose stream's ``text`` parameter is the paragraph: connecting is speaking."""
+
+    def __init__(self, spec: TwilioBotSpec) -> None:
+        from tests.telephony_peers import TwilioPeer
+
+        self.peer = TwilioPeer(spec.ws_url, parameters={"text": spec.text})
+        self.sent: float | None = None
+        self.error = ""
+
+    async def prepare(self) -> None:
+        pass
+
+    async def speak(self) -> None:
+        self.sent = time.monotonic()
+        await self.peer.connect()
+
+    async def finish(self, timeout: float) -> None:
+        """Done when Twilio echoes the utterance's end mark (it has played everything before it)."""
+        deadline = time.monotonic() + timeout
+        while not any(name.startswith("end-") for _, name in self.peer.marks_echoed):
+            if time.monotonic() > deadline:
+                self.error = "no end mark echoed"
+                return
+            await asyncio.sleep(0.05)
+
+    def result(self) -> dict[str, Any]:
+        from media.g711 import ulaw_decode
+
+        arrivals = [at for at, _ in self.peer.received]
+        chunks = [ulaw_decode(payload) / 32768.0 for _, payload in self.peer.received]
+        return heard(arrivals, chunks, self.sent, self.error)
+
+    async def close(self) -> None:
+        await self.peer.stop()
+
+
+@dataclass(frozen=True)
+class AudioSocketBotSpec:
+    host: str
+    port: int
+
+    def make(self) -> AudioSocketBot:
+        return AudioSocketBot(self)
+
+
+class AudioSocketBot:
+    """An Asterisk call; the gateway greets every call with the paragraph, so connecting is speaking."""
+
+    def __init__(self, spec: AudioSocketBotSpec) -> None:
+        from tests.telephony_peers import AsteriskPeer
+
+        self.peer = AsteriskPeer(spec.host, spec.port)
+        self.sent: float | None = None
+        self.error = ""
+
+    async def prepare(self) -> None:
+        pass
+
+    async def speak(self) -> None:
+        self.sent = time.monotonic()
+        await self.peer.connect()
+
+    async def finish(self, timeout: float) -> None:
+        """Done when audio came and then stopped for ``QUIET`` seconds (the gateway sends frames only while it plays)."""
+        deadline = time.monotonic() + timeout
+        while not self.peer.frames or time.monotonic() - self.peer.frames[-1][0] < QUIET:
+            if time.monotonic() > deadline or self.peer.closed.is_set():
+                self.error = "the greeting did not end" if self.peer.frames else "heard nothing"
+                return
+            await asyncio.sleep(0.05)
+
+    def result(self) -> dict[str, Any]:
+        frames = [(at, payload) for at, kind, payload in self.peer.frames if kind == self.peer.kind]
+        chunks = [np.frombuffer(payload, "<i2") / 32768.0 for _, payload in frames]
+        return heard([at for at, _ in frames], chunks, self.sent, self.error)
+
+    async def close(self) -> None:
+        await self.peer.hangup()
+        await self.peer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", choices=("twilio", "audiosocket"), default="twilio")
+    parser.add_argument("--ramp", type=int, nargs="+", default=[10, 50, 100, 150, 200])
+    parser.add_argument("--client-procs", type=int, help="bot processes (default: one per 10 calls, at most 4)")
+    parser.add_argument("--no-barge-in", action="store_true", help="no voice activity detection on caller audio")
+    args = parser.parse_args()
+
+    port = free_port()
+    extra = {"GATEWAY_TELEPHONY_BARGE_IN": "false" if args.no_barge_in else "true"}
+    flags: list[str] = []
+    if args.protocol == "audiosocket":
+        extra["GATEWAY_TELEPHONY_AUDIOSOCKET_GREETING"] = PARAGRAPH
+        flags = ["--audiosocket-port", str(port)]
+    gateway = Gateway(engine_env("replay", extra), *flags).wait_ready()
+    try:
+        if args.protocol == "twilio":
+            spec: Any = TwilioBotSpec(gateway.url.replace("http", "ws", 1) + "/v1/telephony/twilio/stream")
+        else:
+            spec = AudioSocketBotSpec("127.0.0.1", port)
+        print(f"{args.protocol} on the replay engine, barge-in {'off' if args.no_barge_in else 'on'}; gateway pid "
+              f"{gateway.pid} at {gateway.url}; {os.cpu_count()} cores shared by the gateway and the bots", flush=True)  # fmt: skip
+        rows = ramp(gateway, spec, args.ramp, Listener(lead=LEAD), args.client_procs)
+        report_capacity(rows, f"{args.protocol} calls (replay)")
+    finally:
+        gateway.stop()
+
+
+if __name__ == "__main__":
+    main()
