@@ -169,6 +169,68 @@ def hift_case(hift, generation: int, gen: torch.Generator) -> dict:
     return {"mel": mel.half(), "phase": phase, "noise": noise.half(), "f0": f0, "source": source, "wave": wave}
 
 
+def stream_case(config, generation: int, gen: torch.Generator) -> dict:
+    """Upstream's chunked token2wav (flow + vocoder caches and cross-fades) driven through a stream.
+
+    The schedule is this repository's (v2: 25 + pad, then 50, 100; v1: windows of 100 + 20); the
+    vocoder's random draws are zeros and v1's flow noise is seeded per call, so both sides can agree.
+    Stored per chunk: its length and its first and last samples, where the seams are.
+    """
+    from cosyvoice.cli.model import CosyVoice2Model, CosyVoiceModel
+
+    flow = config["flow"]
+    vocab = flow.input_embedding.num_embeddings
+    prompt_count = 20 if generation == 2 else 25
+    prompt_tokens = torch.randint(0, vocab, (1, prompt_count), generator=gen)
+    frames = prompt_count * 2 if generation == 2 else int(prompt_count / 50 * 22050 / 256)
+    prompt_feat = fp16(torch.randn(1, frames, 80, generator=gen) * 2 - 6)
+    embedding = fp16(torch.randn(1, 192, generator=gen))
+    tokens = torch.randint(0, vocab, (120 if generation == 2 else 240,), generator=gen)
+    flow_calls = []
+
+    def randn_like(x, *a, **k):
+        if x.dim() == 3 and x.size(1) == 80:  # v1 flow noise, one draw per call
+            flow_calls.append(x.shape)
+            seeded = torch.Generator().manual_seed(1000 + len(flow_calls))
+            return torch.randn(x.shape, generator=seeded)
+        return torch.zeros_like(x)
+
+    def rand(*shape, **kwargs):
+        size = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else shape
+        return torch.zeros(size)
+
+    uuid = "fixture"
+    chunks = []
+    common = dict(prompt_token=prompt_tokens, prompt_feat=prompt_feat, embedding=embedding, uuid=uuid)
+    with torch.no_grad(), Patched(rand=rand, randn_like=randn_like):
+        if generation == 2:
+            model = CosyVoice2Model(config["llm"], flow, config["hift"], False)
+            model.hift_cache_dict[uuid] = None
+            pad = math.ceil(prompt_count / 25) * 25 - prompt_count
+            hop, this_hop, offset = 25, 25 + pad, 0
+            while len(tokens) - offset >= this_hop + 3:
+                window = tokens[: offset + this_hop + 3].unsqueeze(0)
+                chunks.append(model.token2wav(token=window, token_offset=offset, stream=True, finalize=False, **common))
+                offset += this_hop
+                hop = this_hop = min(100, hop * 2)
+            chunks.append(model.token2wav(token=tokens.unsqueeze(0), token_offset=offset, stream=True, finalize=True, **common))
+        else:
+            model = CosyVoiceModel(config["llm"], flow, config["hift"], False)
+            model.hift_cache_dict[uuid] = None
+            model.mel_overlap_dict[uuid] = torch.zeros(1, 80, 0)
+            model.flow_cache_dict[uuid] = torch.zeros(1, 80, 0, 2)
+            rest = tokens
+            while len(rest) >= 120:
+                chunks.append(model.token2wav(token=rest[:120].unsqueeze(0), finalize=False, **common))
+                rest = rest[100:]
+            chunks.append(model.token2wav(token=rest.unsqueeze(0), finalize=True, **common))
+    return {
+        "prompt_tokens": prompt_tokens[0], "prompt_feat": prompt_feat, "embedding": embedding, "tokens": tokens,
+        "lengths": torch.tensor([c.size(1) for c in chunks]),
+        "heads": [c[0, :4096].clone() for c in chunks], "tails": [c[0, -512:].clone() for c in chunks],
+    }
+
+
 def clear_matcha_caches() -> None:
     """Matcha caches its window and filters by fmax alone: clear them between STFT sizes."""
     import matcha.utils.audio as matcha_audio
@@ -264,6 +326,7 @@ def main() -> None:
                 "flow": flow_cases(config["flow"], generation, gen),
                 "hift": hift_case(config["hift"], generation, gen),
                 "frontend": frontend_case(config, model_dir, generation, gen),
+                "stream": stream_case(config, generation, gen),
             }
             torch.save(fixture, OUT / f"reference_v{generation}.pt")
             print(f"v{generation}: wrote {OUT / f'reference_v{generation}.pt'}")

@@ -177,6 +177,10 @@ class Synthesis:
             yield token
 
     # -- audio ----------------------------------------------------------------
+    def noise(self, frames: int) -> Tensor:
+        """v1's initial flow noise for one call (v2/v3 use the fixed table); a hook for tests."""
+        return torch.randn(1, 80, frames, generator=self.generator)
+
     def _vocoder(self):
         if self.c.generation == 3:
             return CausalHiftStream(self.c.hift, self.draws)
@@ -188,7 +192,7 @@ class Synthesis:
         token_tensor = torch.tensor(tokens, dtype=torch.long, device=device)
         if self.c.generation == 1:
             frames = p.flow_feat.size(1) + self.c.flow.target_frames(len(tokens))
-            noise = torch.randn(1, 80, frames, generator=self.generator).to(device)
+            noise = self.noise(frames).to(device)
             return self.c.flow(token_tensor, p.flow_speech, p.flow_feat, p.flow_embedding, noise)
         return self.c.flow(
             token_tensor, p.flow_speech, p.flow_feat, p.flow_embedding, self.c.noise,
@@ -246,7 +250,7 @@ class Synthesis:
         def render(window: list[int], final: bool) -> np.ndarray:
             nonlocal carry, held
             frames = p.flow_feat.size(1) + flow.target_frames(len(window))
-            noise = torch.randn(1, 80, frames, generator=self.generator).to(p.flow_feat.device)
+            noise = self.noise(frames).to(p.flow_feat.device)
             tokens = torch.tensor(window, dtype=torch.long, device=p.flow_feat.device)
             mel, carry = flow.window(tokens, p.flow_speech, p.flow_feat, p.flow_embedding, noise, carry, overlap_frames)
             if held is not None:
