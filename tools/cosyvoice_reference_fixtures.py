@@ -231,6 +231,31 @@ def stream_case(config, generation: int, gen: torch.Generator) -> dict:
     }
 
 
+def sampling_cases(gen: torch.Generator) -> list[dict]:
+    """What upstream's RAS hands to multinomial: the kept nucleus, and the full distribution on a repeat."""
+    from cosyvoice.utils.common import ras_sampling
+
+    cases = []
+    original = torch.Tensor.multinomial
+    for sharpness, repeat in ((0.5, False), (2.0, False), (4.0, False), (1.0, True), (3.0, True)):
+        scores = (torch.randn(300, generator=gen) * sharpness).log_softmax(dim=0)
+        top = int(scores.argmax())
+        history = [top, 7, 8] if repeat else [7, 8]
+        drawn = []
+
+        def multinomial(self, *args, **kwargs):
+            drawn.append(self.detach().clone())
+            return torch.zeros(1, dtype=torch.long)  # always the first candidate (the nucleus's best)
+
+        torch.Tensor.multinomial = multinomial
+        try:
+            ras_sampling(scores.clone(), history, 25)
+        finally:
+            torch.Tensor.multinomial = original
+        cases.append({"scores": scores, "history": torch.tensor(history), "drawn": drawn})
+    return cases
+
+
 def clear_matcha_caches() -> None:
     """Matcha caches its window and filters by fmax alone: clear them between STFT sizes."""
     import matcha.utils.audio as matcha_audio
@@ -331,7 +356,10 @@ def main() -> None:
             torch.save(fixture, OUT / f"reference_v{generation}.pt")
             print(f"v{generation}: wrote {OUT / f'reference_v{generation}.pt'}")
     gen = torch.Generator().manual_seed(SEED)
-    torch.save({**feature_cases(gen), "resample": resample_cases(gen)}, OUT / "reference_features.pt")
+    torch.save(
+        {**feature_cases(gen), "resample": resample_cases(gen), "sampling": sampling_cases(gen)},
+        OUT / "reference_features.pt",
+    )
     print("features: done")
 
 

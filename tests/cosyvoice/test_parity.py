@@ -251,3 +251,36 @@ def test_streaming_pipeline(generation, models, reference, monkeypatch):
         for chunk, head, tail in zip(chunks, case["heads"], case["tails"])
     ]
     assert max(errors) < HIFT_TOL
+
+
+def test_ras_sampling_candidates(feature_reference, monkeypatch):
+    """The nucleus handed to the draw matches upstream's (top-p 0.8 with the crossing token, top-k 25),
+    and a repeat within the window redraws from the whole distribution.
+
+    Upstream at HEAD also bars the repeated token from that redraw (the research brief); the
+    packaged reference predates that, so only the rest of the distribution is compared.
+    """
+    from cosyvoice.model.sampling import SamplingOptions, ras
+
+    for case in feature_reference["sampling"]:
+        drawn = []
+
+        def multinomial(probs, n, generator=None):
+            drawn.append(probs.clone())
+            return torch.zeros(1, dtype=torch.long)
+
+        monkeypatch.setattr(torch, "multinomial", multinomial)
+        token = ras(case["scores"].clone(), case["history"].tolist(), SamplingOptions(), None)
+        monkeypatch.undo()
+        theirs = case["drawn"]
+        assert len(drawn) == len(theirs)
+        assert max_error(drawn[0], theirs[0]) < 1e-6
+        if len(theirs) == 2:
+            top = int(case["scores"].argmax())
+            assert drawn[1][top] == 0
+            rest = torch.ones_like(theirs[1], dtype=torch.bool)
+            rest[top] = False
+            ours = drawn[1][rest] / drawn[1][rest].sum()
+            assert max_error(ours, theirs[1][rest] / theirs[1][rest].sum()) < 1e-6
+        else:
+            assert token == int(case["scores"].argmax())
