@@ -10,6 +10,7 @@ slightly ahead of real time to absorb network jitter.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -22,12 +23,18 @@ class FrameClock:
     A reader that falls behind (a stalled event loop) gets the late frames
     at once, but never more than ``max_catch_up`` seconds' worth: beyond that
     the schedule restarts from now, so a listener never gets a long burst.
+
+    An ``aligned`` clock starts its schedules on a grid of whole periods of
+    the monotonic clock (the grid point at or just before now, so the first
+    frame is still due at once): all aligned clocks of one period then tick
+    together, and the work of their frames can be done in one batch.
     """
 
-    def __init__(self, period: float, lead: float = 0.0, max_catch_up: float = 0.2) -> None:
+    def __init__(self, period: float, lead: float = 0.0, max_catch_up: float = 0.2, *, aligned: bool = False) -> None:
         self.period = period
         self.lead = lead
         self.max_catch_up = max_catch_up
+        self.aligned = aligned
         self._start: float | None = None
         self._index = 0
         self.late_total = 0.0  # seconds frames went out after they were due
@@ -46,7 +53,7 @@ class FrameClock:
         """Wait until the next frame is due; return its index since the (re)start."""
         now = time.monotonic()
         if self._start is None:
-            self._start, self._index = now, 0
+            self._start, self._index = self._begin(now), 0
         else:
             self._index += 1
         due = self._start + self._index * self.period - self.lead
@@ -55,12 +62,15 @@ class FrameClock:
         else:
             late = now - due
             if late > self.max_catch_up + self.lead:
-                self._start, self._index = now, 0  # give up on the old schedule
+                self._start, self._index = self._begin(now), 0  # give up on the old schedule
                 late = 0.0
             self.late_total += late
             self.late_max = max(self.late_max, late)
         self.frames += 1
         return self._index
+
+    def _begin(self, now: float) -> float:
+        return math.floor(now / self.period) * self.period if self.aligned else now
 
 
 class PacedReader:

@@ -4,8 +4,11 @@ The outgoing track produces one 20 ms frame per tick of the wall clock, from
 the session's playout buffer, or silence when it has nothing (so the RTP
 clock never jumps). It encodes mono Opus at the configured bitrate itself
 (aiortc's own encoder is fixed at 96 kbit/s stereo) off the event loop, and
-hands aiortc ready packets. Caller audio on an incoming track is drained.
-A data channel, if the peer opens one, speaks the session message vocabulary.
+hands aiortc ready packets. Every track's clock ticks on the same 20 ms grid,
+so the frames of all calls are encoded in a few worker jobs per tick rather
+than one thread hop per frame per call. Caller audio on an incoming track is
+drained. A data channel, if the peer opens one, speaks the session message
+vocabulary.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import functools
 import json
 import logging
+import weakref
 from collections.abc import Sequence
 
 import aioice.ice
 import av
+import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -37,6 +43,7 @@ from signaling.session import Session
 log = logging.getLogger(__name__)
 
 OUTPUT_RATE = SAMPLE_RATE  # sessions on WebRTC render at Opus's 48 kHz
+ENCODE_BATCH = 8  # frames per worker job: enough to pay for the hop, few enough to spread a tick over threads
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
 
@@ -74,6 +81,62 @@ def ice_servers(urls: Sequence[str]) -> list[RTCIceServer]:
     return servers
 
 
+class _EncodeBatch:
+    """Opus-encodes in worker threads the frames of every track that ticked in one event-loop iteration.
+
+    A hop to a worker thread and back costs a third as much CPU as encoding
+    the frame; one hop per ``ENCODE_BATCH`` frames makes that negligible,
+    and the GIL is free while libopus encodes, so big ticks use several cores.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[OpusEncoder, np.ndarray, asyncio.Future[bytes]]] = []
+
+    def encode(self, encoder: OpusEncoder, samples: np.ndarray) -> asyncio.Future[bytes]:
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)  # after the other tracks due in this iteration have added theirs
+        future = loop.create_future()
+        self._pending.append((encoder, samples, future))
+        return future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(pending), ENCODE_BATCH):
+            jobs = pending[start : start + ENCODE_BATCH]
+            done = loop.run_in_executor(None, _encode_all, [(encoder, samples) for encoder, samples, _ in jobs])
+            done.add_done_callback(functools.partial(_deliver, [future for *_, future in jobs]))
+
+
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _EncodeBatch] = weakref.WeakKeyDictionary()
+
+
+def _batch() -> _EncodeBatch:
+    """The running loop's batch (one per loop: test servers run several)."""
+    loop = asyncio.get_running_loop()
+    batch = _batches.get(loop)
+    if batch is None:
+        batch = _batches[loop] = _EncodeBatch()
+    return batch
+
+
+def _encode_all(frames: list[tuple[OpusEncoder, np.ndarray]]) -> list[bytes]:
+    return [encoder.encode(samples) for encoder, samples in frames]
+
+
+def _deliver(futures: list[asyncio.Future[bytes]], done: asyncio.Future[list[bytes]]) -> None:
+    for index, future in enumerate(futures):
+        if future.done():
+            continue  # its track stopped meanwhile
+        if done.cancelled():
+            future.cancel()
+        elif done.exception() is not None:
+            future.set_exception(done.exception())
+        else:
+            future.set_result(done.result()[index])
+
+
 class SessionAudioTrack(MediaStreamTrack):
     """The session's speech as ready Opus packets, one per 20 ms of wall-clock time."""
 
@@ -82,7 +145,7 @@ class SessionAudioTrack(MediaStreamTrack):
     def __init__(self, session: Session, bitrate: int) -> None:
         super().__init__()
         self.session = session
-        self.clock = FrameClock(FRAME_SAMPLES / SAMPLE_RATE)
+        self.clock = FrameClock(FRAME_SAMPLES / SAMPLE_RATE, aligned=True)
         self._encoder = OpusEncoder(bitrate)
         self._pts = 0
 
@@ -92,7 +155,7 @@ class SessionAudioTrack(MediaStreamTrack):
         await self.clock.tick()
         frame = self.session.buffer.read(FRAME_SAMPLES)
         self.session.on_frame(frame)
-        data = await asyncio.get_running_loop().run_in_executor(None, self._encoder.encode, frame.samples)
+        data = await _batch().encode(self._encoder, frame.samples)
         packet = av.Packet(data)
         packet.pts = self._pts
         packet.time_base = _TIME_BASE
