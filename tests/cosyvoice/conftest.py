@@ -13,6 +13,9 @@ from cosyvoice.model.loader import Components, load_model  # noqa: E402
 from tools.make_cosyvoice_model import make_model  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cosyvoice"
+# Tiny models gain nothing from a second thread, and on a busy 2-core machine small ops stall
+# on thread hand-offs (seen: the parity tests 9 s with one idle core, 80 s with two contended).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
