@@ -221,7 +221,10 @@ class HiFTGenerator(nn.Module):
         sines = sines * self.sine_amp
         voiced = (f0 > self.voiced_threshold).to(f0.dtype)
         noise_amp = voiced * self.noise_std + (1 - voiced) * self.sine_amp / 3
-        noise = noise_amp * draws.noise[:, :samples].to(f0.device, f0.dtype)
+        table = draws.noise
+        if table.size(1) < samples:  # a fixed table shorter than the audio repeats
+            table = table.repeat(1, math.ceil(samples / table.size(1)), 1)
+        noise = noise_amp * table[:, :samples].to(f0.device, f0.dtype)
         excitation = sines * voiced + noise
         return torch.tanh(self.m_source.l_linear(excitation)).transpose(1, 2)
 

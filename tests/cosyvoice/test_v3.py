@@ -78,3 +78,10 @@ def test_causal_hift_is_causal_with_fixed_draws(models):
     assert not torch.allclose(a[:, keep:], b[:, keep : a.size(1)], atol=1e-6)
     assert hift.f0_predictor.classifier.weight.dtype == torch.float64  # F0 in double, as upstream
     assert draws.noise.min() >= 0  # uniform noise, not Gaussian
+
+
+def test_short_noise_table_repeats(models):
+    hift = models[3].hift
+    draws = fixed_draws(hift, seconds=0.1)  # 2400 samples for 20 frames = 9600
+    wave, _ = hift(torch.randn(1, 80, 20) - 5, draws)
+    assert wave.shape == (1, 20 * hift.hop_samples)
