@@ -228,7 +228,7 @@ class CosyVoiceEngine(Engine):
         feat = torch.from_numpy(features["speech_feat"]).float().to(device).unsqueeze(0)
         embedding = torch.from_numpy(features["embedding"]).float().view(1, -1).to(device)
         if mode is Mode.ZERO_SHOT:
-            transcript = request.prompt_text.strip() or (saved.prompt_text.strip() if saved else "")
+            transcript = self._normalizer(request.prompt_text.strip() or (saved.prompt_text.strip() if saved else ""))
             if c.generation == 3 and END_OF_PROMPT not in transcript:
                 transcript = f"{V3_SYSTEM}{END_OF_PROMPT}{transcript}"
             return ModeInputs(self._text_ids(transcript, device), tokens, embedding, tokens, feat, embedding)
