@@ -71,6 +71,7 @@ class TwilioCall:
         self._marks: dict[str, Reached] = {}
         self._mark_ids = itertools.count(1)
         self._send_lock = asyncio.Lock()
+        self._media_head = ""
 
     async def run(self) -> None:
         """Serve the call until Twilio sends ``stop`` or the socket closes."""
@@ -115,6 +116,10 @@ class TwilioCall:
                     if not isinstance(start, dict) or not start.get("streamSid"):
                         raise ValueError("start without streamSid")
                     self.stream_sid = str(start["streamSid"])
+                    # Media messages are the stream's one hot path: JSON-encode their fixed part once
+                    # (base64 needs no escaping), so each is what json.dumps would make, without it.
+                    media = {"event": "media", "streamSid": self.stream_sid, "media": {"payload": ""}}
+                    self._media_head = json.dumps(media)[:-3]
                     self.call_sid = str(start.get("callSid", ""))
                     media_format = start.get("mediaFormat") or {}
                     if media_format and media_format.get("encoding", "audio/x-mulaw") != "audio/x-mulaw":
@@ -166,7 +171,8 @@ class TwilioCall:
             if self.barge_in is not None:
                 self.barge_in.sent(frame.samples)
             payload = base64.b64encode(ulaw_encode(to_int16(frame.samples))).decode()
-            await self._send({"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}})
+            async with self._send_lock:
+                await self.websocket.send_text(self._media_head + payload + '"}}')
         for reached in frame.reached:
             name = f"{reached.kind}-{reached.tag}-{next(self._mark_ids)}"
             self._marks[name] = reached
