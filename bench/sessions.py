@@ -1,7 +1,10 @@
 """Real-time load: N concurrent WebRTC calls or WebSocket sessions, each speaking a paragraph.
 
 Starts the gateway as its own process (``python -m gateway``, as users run
-it), ramps the number of concurrent calls and prints, per run:
+it), ramps the number of concurrent calls (all connected first; they start
+speaking spread evenly over ``--stagger`` seconds, as real calls do not all
+start a sentence in the same millisecond; 0 for that worst case) and prints,
+per run:
 
 - time to first audio, p50/p95: server-reported (``utterance.first_audio``,
   from the text to the first audio in the playout buffer) and client-observed
@@ -292,6 +295,38 @@ class SessionBot:
         await self.call.close()
 
 
+@dataclass(frozen=True)
+class IdleSpec:
+    """Bots from ``inner`` that connect and then stay silent for ``seconds``: what a call costs while nobody speaks."""
+
+    inner: SessionBotSpec
+    seconds: float
+
+    def make(self) -> Bot:
+        return IdleBot(self.inner.make(), self.seconds)
+
+
+class IdleBot:
+    def __init__(self, bot: Bot, seconds: float) -> None:
+        self.bot = bot
+        self.seconds = seconds
+
+    async def prepare(self) -> None:
+        await self.bot.prepare()
+
+    async def speak(self) -> None:
+        pass
+
+    async def finish(self, timeout: float) -> None:
+        await asyncio.sleep(self.seconds)
+
+    def result(self) -> dict[str, Any]:
+        return {"sent": None, "arrivals": [], "error": ""}
+
+    async def close(self) -> None:
+        await self.bot.close()
+
+
 def heard(arrivals: Sequence[float], chunks: Sequence[np.ndarray], sent: float | None, error: str = "") -> dict[str, Any]:
     """The arrival times of the frames from the first audible one after ``sent`` to the last audible one."""
     audible = [
@@ -304,28 +339,32 @@ def heard(arrivals: Sequence[float], chunks: Sequence[np.ndarray], sent: float |
     return {"sent": sent, "arrivals": list(arrivals[audible[0] : audible[-1] + 1]), "error": error}
 
 
-def client_process(spec: Any, count: int, commands: Any, results: Any) -> None:
-    """A client process: ``count`` bots from ``spec``, driven by the parent through two queues."""
-    asyncio.run(_drive(spec, count, commands, results))
+def client_process(spec: Any, delays: list[float], commands: Any, results: Any) -> None:
+    """A client process: one bot from ``spec`` per delay (when it speaks after the go), driven through two queues."""
+    asyncio.run(_drive(spec, delays, commands, results))
 
 
-async def _drive(spec: Any, count: int, commands: Any, results: Any) -> None:
+async def _drive(spec: Any, delays: list[float], commands: Any, results: Any) -> None:
     loop = asyncio.get_running_loop()
-    bots = [spec.make() for _ in range(count)]
+    bots = [spec.make() for _ in delays]
     gate = asyncio.Semaphore(4)  # connect a few at a time: a burst of handshakes is not what we measure
 
     async def prepare(bot: Bot) -> None:
         async with gate:
             await bot.prepare()
 
+    async def speak(bot: Bot, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await bot.speak()
+        await bot.finish(spec_timeout(spec))
+
     try:
         failures = await asyncio.gather(*(prepare(bot) for bot in bots), return_exceptions=True)
-        errors = [repr(failure) for failure in failures if failure is not None]
-        results.put(("ready", errors))
+        results.put(("ready", [repr(failure) for failure in failures if failure is not None]))
         await loop.run_in_executor(None, commands.get)  # go
-        await asyncio.gather(*(bot.speak() for bot in bots), return_exceptions=True)
-        await asyncio.gather(*(bot.finish(spec_timeout(spec)) for bot in bots), return_exceptions=True)
-        results.put(("done", [bot.result() for bot in bots]))
+        failures = await asyncio.gather(*(speak(bot, delay) for bot, delay in zip(bots, delays)), return_exceptions=True)
+        errors = [repr(failure) for failure in failures if failure is not None]
+        results.put(("done", [bot.result() for bot in bots], errors))
         await loop.run_in_executor(None, commands.get)  # hang up
     finally:
         await asyncio.gather(*(bot.close() for bot in bots), return_exceptions=True)
@@ -353,16 +392,17 @@ class Load:
     errors: list[str] = field(default_factory=list)
 
 
-def run_load(gateway: Gateway, spec: Any, calls: int, client_procs: int) -> Load:
-    """``calls`` bots from ``spec`` in ``client_procs`` processes; all speak at once; figures from speaking to done."""
+def run_load(gateway: Gateway, spec: Any, calls: int, client_procs: int, stagger: float) -> Load:
+    """``calls`` bots from ``spec`` in ``client_procs`` processes, starting to speak evenly over ``stagger``
+    seconds after the go; the figures cover the go to the last call's end."""
     context = mp.get_context("spawn")
     results = context.Queue()
     procs = max(1, min(client_procs, calls))
-    shares = [calls // procs + (1 if i < calls % procs else 0) for i in range(procs)]
-    commands = [context.Queue() for _ in shares]
+    delays = [stagger * index / calls for index in range(calls)]
+    commands = [context.Queue() for _ in range(procs)]
     workers = [
-        context.Process(target=client_process, args=(spec, share, queue, results), daemon=True)
-        for share, queue in zip(shares, commands)
+        context.Process(target=client_process, args=(spec, delays[index::procs], queue, results), daemon=True)
+        for index, queue in enumerate(commands)
     ]
     for worker in workers:
         worker.start()
@@ -380,7 +420,9 @@ def run_load(gateway: Gateway, spec: Any, calls: int, client_procs: int) -> Load
             queue.put("go")
         collected: list[dict[str, Any]] = []
         for _ in workers:
-            collected += results.get(timeout=spec_timeout(spec) + 60)[1]
+            _, heard_by_bots, failures = results.get(timeout=spec_timeout(spec) + stagger + 60)
+            collected += heard_by_bots
+            errors += failures
         wall = time.monotonic() - started
         cpu_after, engine_after = gateway.cpu()
         clients_after = sum(process_cpu(worker.pid) for worker in workers)
@@ -541,19 +583,19 @@ def session_first_audio(session: dict) -> float | None:
     return utterances[0].get("first_audio_ms") if utterances else None
 
 
-def ramp(gateway: Gateway, spec: Any, counts: Sequence[int], listener: Listener, client_procs: int | None) -> list[Row]:
-    """Run each N in turn, printing a row each; stop after two runs in a row that were not clean."""
+def ramp(
+    gateway: Gateway, spec: Any, counts: Sequence[int], listener: Listener, client_procs: int | None, stagger: float
+) -> list[Row]:
+    """Run each N in turn, printing a row each."""
     rows: list[Row] = []
     print(Row.HEADER, flush=True)
     for calls in counts:
         procs = client_procs or max(1, min(4, -(-calls // 10)))
-        row = summarize(run_load(gateway, spec, calls, procs), listener)
+        row = summarize(run_load(gateway, spec, calls, procs, stagger), listener)
         rows.append(row)
         print(row.line(), flush=True)
         for error in row.errors[:3]:
             print(f"     ! {error}", flush=True)
-        if len(rows) >= 2 and not rows[-1].clean and not rows[-2].clean:
-            break
     return rows
 
 
@@ -570,6 +612,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=("replay", "embedded"), default="replay")
     parser.add_argument("--ramp", type=int, nargs="+", default=[1, 5, 10, 20, 30, 40, 50])
     parser.add_argument("--client-procs", type=int, help="bot processes (default: one per 10 calls, at most 4)")
+    parser.add_argument("--idle", type=int, default=0, help="then measure this many connected calls not speaking")
+    parser.add_argument("--stagger", type=float, default=2.0, help="seconds over which the calls start speaking")
     parser.add_argument("--ws-codec", choices=("pcm", "opus"), default="pcm")
     parser.add_argument("--ws-rate", type=int, default=24000)
     parser.add_argument("--jitter-buffer-ms", type=float, help="the simulated listener's buffer (default: 40 on WebRTC, "
@@ -591,13 +635,19 @@ def main() -> None:
         print(f"engine first chunk (HTTP /v1/tts/stream first byte, 1 at a time): p50 {percentile(engine, 0.5) * 1000:.1f} ms, "
               f"p95 {percentile(engine, 0.95) * 1000:.1f} ms; inside the gateway "
               f"(gateway_time_to_first_audio_seconds, transport http): mean {inside:.1f} ms")  # fmt: skip
-        rows = ramp(gateway, spec, args.ramp, listener, args.client_procs)
+        rows = ramp(gateway, spec, args.ramp, listener, args.client_procs, args.stagger)
         first = rows[0]
         print(f"session first audio at N={first.calls}: p50 {first.ttfa_server[0]:.1f} ms (server), "
               f"{first.ttfa_client[0]:.1f} ms (client); the session path adds {first.ttfa_server[0] - inside:.1f} ms "
               f"to the engine's first chunk inside the gateway ({first.ttfa_server[0] - percentile(engine, 0.5) * 1000:.1f} ms "
               f"to the HTTP first byte)")  # fmt: skip
         report_capacity(rows, f"{where} calls ({args.engine})")
+        if args.idle:
+            procs = args.client_procs or max(1, min(4, -(-args.idle // 10)))
+            idle = run_load(gateway, IdleSpec(spec, 10.0), args.idle, procs, 0.0)
+            cpu = idle.gateway_cpu * 100 / idle.wall
+            print(f"{args.idle} connected calls, nobody speaking, for {idle.wall:.0f} s: gateway CPU {cpu:.0f}% of a core, "
+                  f"{cpu / args.idle:.2f}% per call; load {idle.load[0]:.1f}/{idle.load[1]:.1f}")  # fmt: skip
     finally:
         gateway.stop()
 

@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("twilio", "audiosocket"), default="twilio")
     parser.add_argument("--ramp", type=int, nargs="+", default=[10, 50, 100, 150, 200])
     parser.add_argument("--client-procs", type=int, help="bot processes (default: one per 10 calls, at most 4)")
+    parser.add_argument("--stagger", type=float, default=2.0, help="seconds over which the calls start")
     parser.add_argument("--no-barge-in", action="store_true", help="no voice activity detection on caller audio")
     args = parser.parse_args()
 
@@ -153,7 +154,7 @@ def main() -> None:
             spec = AudioSocketBotSpec("127.0.0.1", port)
         print(f"{args.protocol} on the replay engine, barge-in {'off' if args.no_barge_in else 'on'}; gateway pid "
               f"{gateway.pid} at {gateway.url}; {os.cpu_count()} cores shared by the gateway and the bots", flush=True)  # fmt: skip
-        rows = ramp(gateway, spec, args.ramp, Listener(lead=LEAD), args.client_procs)
+        rows = ramp(gateway, spec, args.ramp, Listener(lead=LEAD), args.client_procs, args.stagger)
         report_capacity(rows, f"{args.protocol} calls (replay)")
     finally:
         gateway.stop()
