@@ -48,13 +48,20 @@ def test_openai_speech(server):
 
 
 def test_websocket_session(server):
-    from tests.test_ws_session import Listener
+    import json
 
-    listener = Listener(server.url)
-    try:
-        listener.send(type="text", text=TEXT, flush=True)
-        _, done = listener.event("utterance.done", timeout=120)
-        assert done["state"] == "done" and done["audio_ms"] > 500
-        assert len(listener.audio()) / RATE == pytest.approx(done["audio_ms"] / 1000, abs=0.1)
-    finally:
-        listener.close()
+    import websockets.sync.client
+
+    url = server.url.replace("http", "ws") + "/ws/v1/session?format=pcm&sample_rate=24000"
+    with websockets.sync.client.connect(url) as socket:
+        assert json.loads(socket.recv(timeout=10))["type"] == "session.created"
+        socket.send(json.dumps({"type": "text", "text": TEXT, "flush": True}))
+        audio_bytes, done = 0, None
+        while done is None:
+            message = socket.recv(timeout=120)
+            if isinstance(message, bytes):
+                audio_bytes += len(message)
+            elif json.loads(message)["type"] == "utterance.done":
+                done = json.loads(message)
+    assert done["state"] == "done" and done["audio_ms"] > 500
+    assert audio_bytes / 2 / RATE == pytest.approx(done["audio_ms"] / 1000, abs=0.1)
