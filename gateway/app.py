@@ -118,6 +118,7 @@ def _refresh_gauges(app: FastAPI) -> None:
         metrics.active_sessions.labels(transport).set(app.state.sessions.count(transport))
     metrics.voices.set(len(app.state.registry))
     metrics.engine_busy.set(app.state.engine.busy)
+    metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
 
 
 async def _start_engine(app: FastAPI, engine: Engine) -> None:

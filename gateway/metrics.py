@@ -59,6 +59,7 @@ class Metrics:
             buckets=LAG_BUCKETS, registry=r,
         )  # fmt: skip
         self.voices = Gauge("gateway_voices", "Saved voices in the registry.", registry=r)
+        self.asyncio_tasks = Gauge("gateway_asyncio_tasks", "Tasks alive on the event loop (leak checks).", registry=r)
         self._gauges: list[Callable[[], None]] = []
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:
