@@ -35,6 +35,7 @@ class Upload:
     data: bytes
     verdict: Verdict
     reason: str  # what a refusal's message must say (lowercase); "" where accepted or where the limit answers
+    seconds: float = 0.0  # for usable prompts: how long the decoded audio is (codecs pad a little)
 
 
 def corpus(speech: np.ndarray, rate: int, *, max_upload_bytes: int) -> list[Upload]:
@@ -42,17 +43,18 @@ def corpus(speech: np.ndarray, rate: int, *, max_upload_bytes: int) -> list[Uplo
     wav = wav_bytes(speech, rate)
     stereo_48k = resample(speech, rate, 48000)
     long_speech = np.tile(speech, int(40 * rate / len(speech)) + 1)
+    seconds = len(speech) / rate
     not_audio = "not a recognised audio file"
     return [
-        Upload("speech.wav", wav, Verdict.PROMPT, ""),
-        Upload("speech.mp3", encoded(speech, rate, "mp3", "libmp3lame"), Verdict.PROMPT, ""),
-        Upload("speech.ogg", encoded(speech, rate, "ogg", "libopus", codec_rate=48000), Verdict.PROMPT, ""),
-        Upload("speech.flac", encoded(speech, rate, "flac", "flac"), Verdict.PROMPT, ""),
-        Upload("speech.webm", encoded(speech, rate, "webm", "libopus", codec_rate=48000), Verdict.PROMPT, ""),
-        Upload("speech.m4a", encoded(speech, rate, "ipod", "aac"), Verdict.PROMPT, ""),
-        Upload("stereo-48k.wav", pcm_wav(np.stack([stereo_48k, stereo_48k * 0.5]), 48000), Verdict.PROMPT, ""),
+        Upload("speech.wav", wav, Verdict.PROMPT, "", seconds),
+        Upload("speech.mp3", encoded(speech, rate, "mp3", "libmp3lame"), Verdict.PROMPT, "", seconds),
+        Upload("speech.ogg", encoded(speech, rate, "ogg", "libopus", codec_rate=48000), Verdict.PROMPT, "", seconds),
+        Upload("speech.flac", encoded(speech, rate, "flac", "flac"), Verdict.PROMPT, "", seconds),
+        Upload("speech.webm", encoded(speech, rate, "webm", "libopus", codec_rate=48000), Verdict.PROMPT, "", seconds),
+        Upload("speech.m4a", encoded(speech, rate, "ipod", "aac"), Verdict.PROMPT, "", seconds),
+        Upload("stereo-48k.wav", pcm_wav(np.stack([stereo_48k, stereo_48k * 0.5]), 48000), Verdict.PROMPT, "", seconds),
         # Players keep what a cut-off file holds; so does the gateway, and 80 % of the speech is a prompt.
-        Upload("truncated-data.wav", wav[: 44 + (len(wav) - 44) * 4 // 5], Verdict.PROMPT, ""),
+        Upload("truncated-data.wav", wav[: 44 + (len(wav) - 44) * 4 // 5], Verdict.PROMPT, "", seconds * 0.8),
         Upload("truncated-header.wav", wav[:30], Verdict.UNDECODABLE, not_audio),
         Upload("header-only.wav", wav[:44], Verdict.UNDECODABLE, "no decodable audio"),
         Upload("wrong-magic.wav", b"RIFX" + wav[4:8] + b"WAVX" + wav[12:], Verdict.UNDECODABLE, not_audio),
