@@ -22,8 +22,17 @@ def build_engine(settings: Settings) -> Engine:
         # Imported here: torch is an optional extra, and the embedded voice needs none of it.
         from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
 
+        cosyvoice = settings.cosyvoice
         return CosyVoiceEngine(
-            CosyVoiceOptions(model_dir=settings.engine.model_dir, device=settings.engine.device),
+            CosyVoiceOptions(
+                model_dir=settings.engine.model_dir,
+                device=settings.engine.device,
+                normalize_text=cosyvoice.normalize_text,
+                onnx_threads=cosyvoice.onnx_threads,
+                first_hop=cosyvoice.first_hop,
+                max_hop=cosyvoice.max_hop,
+                threads=cosyvoice.threads,
+            ),
             max_text_chars=settings.limits.max_text_chars,
             clause_options=clause_options,
         )

@@ -40,6 +40,14 @@ class EngineSettings(Section):
     max_clause_chars: int = Field(240, ge=16)
 
 
+class CosyVoiceSettings(Section):
+    normalize_text: bool = True
+    threads: int = Field(0, ge=0)
+    onnx_threads: int = Field(1, ge=1)
+    first_hop: int = Field(25, ge=1)
+    max_hop: int = Field(100, ge=1)
+
+
 class EmbeddedSettings(Section):
     workers: int = Field(2, ge=1, le=64)
     threads_per_worker: int = Field(1, ge=1, le=64)
@@ -96,6 +104,7 @@ class AuthSettings(Section):
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     engine: EngineSettings = EngineSettings()
+    cosyvoice: CosyVoiceSettings = CosyVoiceSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
     session: SessionSettings = SessionSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
