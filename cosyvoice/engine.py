@@ -23,6 +23,7 @@ from cosyvoice.errors import EngineUnavailable, InvalidRequest, UnknownVoice, Un
 
 MIN_SPEED = 0.25
 MAX_SPEED = 4.0
+MAX_SEED = 2**32 - 1  # what every random generator an engine may seed accepts
 
 
 class Mode(str, enum.Enum):
@@ -293,8 +294,8 @@ class Engine(ABC):
                 )
         if not MIN_SPEED <= request.speed <= MAX_SPEED:
             raise InvalidRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}")
-        if request.seed < 0:
-            raise InvalidRequest("seed must be 0 (random) or a positive integer")
+        if not 0 <= request.seed <= MAX_SEED:
+            raise InvalidRequest(f"seed must be 0 (random) or a positive integer up to {MAX_SEED}")
         if request.saved_voice is not None:
             cloning = {Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC} & caps.modes
             if not cloning:

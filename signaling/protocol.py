@@ -16,7 +16,7 @@ from signaling.session import Session, SessionClosed, VoiceSettings
 
 VoiceParser = Callable[[dict[str, Any], VoiceSettings], VoiceSettings]
 
-MAX_MESSAGE_CHARS = 64 * 1024
+MAX_MESSAGE_CHARS = 4 * 1024 * 1024  # room for a base64 prompt recording in session.update
 
 
 class ProtocolError(ValueError):

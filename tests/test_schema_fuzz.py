@@ -116,7 +116,7 @@ def live_session(fuzz_server: ServerThread) -> Iterator[LiveSession]:
 def _openapi() -> dict:
     """Our schema, from an app that is never started (routes do not depend on settings)."""
     with tempfile.TemporaryDirectory() as data_dir, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Duplicate Operation ID", UserWarning)  # seed B: one route, GET and POST
+        warnings.simplefilter("error")  # e.g. duplicate operation ids
         return create_app(Settings.model_validate({"paths": {"data_dir": data_dir}})).openapi()
 
 

@@ -18,36 +18,47 @@ from media.containers import PcmEncoder
 
 router = APIRouter(tags=["seed B (runtime server)"])
 
-_METHODS = ["GET", "POST"]
 
 
-@router.api_route("/inference_sft", methods=_METHODS, response_class=Response)
+def _get_and_post(path: str):
+    """Register an endpoint for GET and POST alike, each with its own OpenAPI operation id."""
+
+    def register(endpoint):
+        name = path.strip("/")
+        router.add_api_route(path, endpoint, methods=["GET"], response_class=Response, operation_id=f"{name}_get")
+        router.add_api_route(path, endpoint, methods=["POST"], response_class=Response, operation_id=f"{name}_post")
+        return endpoint
+
+    return register
+
+
+@_get_and_post("/inference_sft")
 async def inference_sft(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "spk_id")
     return await _pcm(synth, fields["tts_text"], voice=fields["spk_id"])
 
 
-@router.api_route("/inference_zero_shot", methods=_METHODS, response_class=Response)
+@_get_and_post("/inference_zero_shot")
 async def inference_zero_shot(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "prompt_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
     return await _pcm(synth, fields["tts_text"], mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=fields["prompt_text"])
 
 
-@router.api_route("/inference_cross_lingual", methods=_METHODS, response_class=Response)
+@_get_and_post("/inference_cross_lingual")
 async def inference_cross_lingual(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
     return await _pcm(synth, fields["tts_text"], mode=Mode.CROSS_LINGUAL, prompt_audio=prompt)
 
 
-@router.api_route("/inference_instruct", methods=_METHODS, response_class=Response)
+@_get_and_post("/inference_instruct")
 async def inference_instruct(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "spk_id", "instruct_text")
     return await _pcm(synth, fields["tts_text"], mode=Mode.INSTRUCT, voice=fields["spk_id"], instruct_text=fields["instruct_text"])
 
 
-@router.api_route("/inference_instruct2", methods=_METHODS, response_class=Response)
+@_get_and_post("/inference_instruct2")
 async def inference_instruct2(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "instruct_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
