@@ -172,8 +172,9 @@ def hift_case(hift, generation: int, gen: torch.Generator) -> dict:
 def stream_case(config, generation: int, gen: torch.Generator) -> dict:
     """Upstream's chunked token2wav (flow + vocoder caches and cross-fades) driven through a stream.
 
-    The schedule is this repository's (v2: 25 + pad, then 50, 100; v1: windows of 100 + 20); the
-    vocoder's random draws are zeros and v1's flow noise is seeded per call, so both sides can agree.
+    The schedule is this repository's with a small first hop (v2: 5 tokens, which brings the 20-token
+    prompt to a 25-token boundary, then 25, 50, 100; v1: windows of 100 + 20); the vocoder's random
+    draws are zeros and v1's flow noise is seeded per call, so both sides can agree.
     Stored per chunk: its length and its first and last samples, where the seams are.
     """
     from cosyvoice.cli.model import CosyVoice2Model, CosyVoiceModel
@@ -206,13 +207,13 @@ def stream_case(config, generation: int, gen: torch.Generator) -> dict:
         if generation == 2:
             model = CosyVoice2Model(config["llm"], flow, config["hift"], False)
             model.hift_cache_dict[uuid] = None
-            pad = math.ceil(prompt_count / 25) * 25 - prompt_count
-            hop, this_hop, offset = 25, 25 + pad, 0
+            this_hop, offset = 5 + (-(prompt_count + 5)) % 25, 0
             while len(tokens) - offset >= this_hop + 3:
                 window = tokens[: offset + this_hop + 3].unsqueeze(0)
                 chunks.append(model.token2wav(token=window, token_offset=offset, stream=True, finalize=False, **common))
+                next_hop = 25 if offset == 0 else min(100, this_hop * 2)
                 offset += this_hop
-                hop = this_hop = min(100, hop * 2)
+                this_hop = next_hop
             chunks.append(model.token2wav(token=tokens.unsqueeze(0), token_offset=offset, stream=True, finalize=True, **common))
         else:
             model = CosyVoiceModel(config["llm"], flow, config["hift"], False)

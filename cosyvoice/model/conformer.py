@@ -4,15 +4,20 @@ Used by the v1 language model (text encoder and decoder stack), the v1 flow
 encoder and the v2 flow's upsampling encoder. Keys follow the official
 checkpoints (``embed.out.0``, ``encoders.N.self_attn.linear_q``, ...).
 Masks are boolean ``[B, Tq, Tk]`` tensors, True where attention is allowed.
+The v2 flow's encoder also runs a chunk at a time (:meth:`UpsampleEncoder.stream`),
+carrying keys/values and convolution inputs in an :class:`EncoderCache`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from cosyvoice.model.incremental import causal_conv, chunk_rows
 
 KVCache = tuple[Tensor, Tensor]
 
@@ -192,14 +197,18 @@ class PreLookaheadLayer(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``x`` ``[B, T, C]``; ``context`` ``[B, lookahead, C]`` are the real positions after ``x``, if known."""
+        return self.stream(x, context, None)[0]
+
+    def stream(self, x: Tensor, context: Tensor | None, tail: Tensor | None) -> tuple[Tensor, Tensor]:
+        """As :meth:`forward` for new positions ``x`` after those whose ``conv2`` inputs end in ``tail``
+        (None: the start); also returns the next tail."""
         h = x.transpose(1, 2)
         if context is None or context.size(1) == 0:
             h = F.pad(h, (0, self.lookahead))
         else:
             h = torch.cat([h, context.transpose(1, 2)], dim=2)
-        h = F.leaky_relu(self.conv1(h))
-        h = self.conv2(F.pad(h, (2, 0)))
-        return h.transpose(1, 2) + x
+        h, tail = causal_conv(self.conv2, F.leaky_relu(self.conv1(h)), tail)
+        return h.transpose(1, 2) + x, tail
 
 
 class UpsampleConv(nn.Module):
@@ -211,8 +220,22 @@ class UpsampleConv(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel_size=stride * 2 + 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(x, scale_factor=self.stride, mode="nearest")
-        return self.conv(F.pad(x, (self.stride * 2, 0)))
+        return self.stream(x, None)[0]
+
+    def stream(self, x: Tensor, tail: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``x`` ``[B, C, T]`` new positions after the upsampled inputs ending in ``tail`` (None: the start)."""
+        return causal_conv(self.conv, F.interpolate(x, scale_factor=self.stride, mode="nearest"), tail)
+
+
+@dataclass
+class EncoderCache:
+    """What :meth:`UpsampleEncoder.stream` carries for one session: input positions so far, the
+    lookahead and upsampling convs' last inputs, and every layer's keys/values."""
+
+    positions: int = 0
+    lookahead_tail: Tensor | None = None
+    up_tail: Tensor | None = None
+    kv: list[KVCache | None] = field(default_factory=list)
 
 
 class UpsampleEncoder(nn.Module):
@@ -254,3 +277,35 @@ class UpsampleEncoder(nn.Module):
         for layer in self.up_encoders:
             x, _ = layer(x, mask, pos)
         return self.after_norm(x)
+
+    def stream(self, x: Tensor, context: Tensor | None, cache: EncoderCache, *, streaming: bool) -> Tensor:
+        """:meth:`forward` for one session's new positions ``x`` ``[1, T, C]`` after those in ``cache``
+        (which it extends). With ``streaming`` the chunk masks apply, and a chunk must end on a chunk
+        boundary unless it is the last; without, there must be one call only."""
+        if not cache.kv:
+            cache.kv = [None] * (len(self.encoders) + len(self.up_encoders))
+        start, count = cache.positions, x.size(1)
+        x = self.embed(x)
+        if context is not None and context.size(1) > 0:
+            context = self.embed(context)
+        x, cache.lookahead_tail = self.pre_lookahead_layer.stream(x, context, cache.lookahead_tail)
+        chunk = self.static_chunk_size if streaming else 0
+        layers = list(self.encoders)
+        x = self._layers(x, layers, cache, 0, start, chunk, self.embed.pos)
+        x, cache.up_tail = self.up_layer.stream(x.transpose(1, 2), cache.up_tail)
+        stride = self.up_layer.stride
+        x = self._layers(self.up_embed(x.transpose(1, 2)), list(self.up_encoders), cache, len(layers),
+                         start * stride, chunk * stride, self.up_embed.pos)
+        cache.positions = start + count
+        return self.after_norm(x)
+
+    @staticmethod
+    def _layers(
+        x: Tensor, layers: list[EncoderLayer], cache: EncoderCache, first: int, start: int, chunk: int,
+        pos: RelPositionalEncoding,
+    ) -> Tensor:
+        mask = chunk_rows(start, x.size(1), chunk, x.device).unsqueeze(0)
+        table = pos.relative(mask.size(-1), x.device, x.dtype)
+        for i, layer in enumerate(layers, start=first):
+            x, cache.kv[i] = layer(x, mask, table, cache.kv[i])
+        return x

@@ -1,10 +1,12 @@
 """The CosyVoice engine: an official model directory behind the engine contract.
 
-All torch work runs on one dedicated inference thread (torch releases the
-GIL, so the event loop stays responsive). A request advances one chunk per
-job on that thread, so concurrent requests interleave chunk by chunk and a
-cancelled request stops within one chunk: its producer stops asking for
-chunks, and a flag stops the chunk in progress at the next speech token.
+Prompt work (text normalization, tokenization, the ONNX frontends) runs on a
+frontend thread; every clause then becomes a session of the runtime's
+scheduler (:mod:`cosyvoice.runtime`), whose two worker threads batch all
+sessions' LLM steps and flow/vocoder chunks. torch releases the GIL, so the
+event loop stays responsive. A request's next clause starts its LLM as soon as
+the previous clause's last token is known. Cancelling a stream cancels its
+sessions, which leave the batches before the next step.
 """
 
 from __future__ import annotations
@@ -12,28 +14,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from cosyvoice.engine import Audio, Capabilities, Emit, Engine, Mode, SynthesisRequest
 from cosyvoice.errors import EngineFailure, InvalidRequest
 from cosyvoice.model.features import resample
 from cosyvoice.model.frontend import MAX_PROMPT_SECONDS, TextNormalizer
 from cosyvoice.model.loader import Components, load_model
-from cosyvoice.model.pipeline import Cancelled, ModeInputs, Synthesis, fixed_draws, prompt_features
+from cosyvoice.model.pipeline import ModeInputs, fixed_draws, prompt_features
 from cosyvoice.model.tokenizer import END_OF_PROMPT
+from cosyvoice.runtime.render import FlowRenderer, Renderer, WindowRenderer
+from cosyvoice.runtime.schedule import HopSchedule
+from cosyvoice.runtime.scheduler import Scheduler, TokenStage
+from cosyvoice.runtime.session import END, LLM_DONE, Session
+from cosyvoice.runtime.tokens import TorchTokens
 from cosyvoice.text import split_clauses
 
 log = logging.getLogger(__name__)
 
 V3_SYSTEM = "You are a helpful assistant."
+Piece = Tensor | list[int]  # a clause's text token ids, or (voice conversion) the source's speech tokens
 V1_END_OF_PROMPT = "<endofprompt>"
 CLONING = (Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC)
 
@@ -46,9 +54,13 @@ class CosyVoiceOptions:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     normalize_text: bool = True  # wetext when installed
     onnx_threads: int = 1
-    first_hop: int = 25  # tokens in the first streamed chunk (plus alignment pad and 3 lookahead)
-    max_hop: int = 100
+    first_hop: int = 25  # the least tokens in the first streamed chunk (it grows to a 25-token boundary)
+    max_hop: int = 100  # the most tokens in a later chunk (hops double from 25 up to this)
     threads: int = 0  # torch CPU threads; 0: half the cores (small ops stall when threads outnumber idle cores)
+    llm_backend: str = "torch"  # torch, or vllm (CUDA only; needs the vllm extra)
+    max_batch: int = 16  # the most sessions in one flow/vocoder batch
+    prefill_chunk: int = 64  # prompt positions prefilled per LLM step while other sessions decode
+    vllm_memory: float = 0.5  # the GPU memory fraction vLLM may take (llm_backend = vllm)
 
 
 def resolve_device(device: str) -> str:
@@ -69,15 +81,14 @@ class CosyVoiceEngine(Engine):
         self.options = options
         self.clause_options = clause_options or {}
         self.components: Components | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosyvoice")
+        self.scheduler: Scheduler | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosyvoice-frontend")
         self._capabilities = Capabilities(
             engine="cosyvoice", model=Path(options.model_dir).name, modes=frozenset(), sample_rate=24000,
             voices=(), default_voice=None,
         )
-        self._draws = None
         self._normalizer = None
         self._feature_key = ""
-        self._active = 0
 
     @property
     def capabilities(self) -> Capabilities:
@@ -96,8 +107,6 @@ class CosyVoiceEngine(Engine):
         c = load_model(self.options.model_dir, device, onnx_threads=self.options.onnx_threads)
         self.components = c
         self._normalizer = TextNormalizer(self.options.normalize_text)
-        if c.generation == 3:
-            self._draws = fixed_draws(c.hift)
         voices = tuple(sorted(k for k, v in c.spk2info.items() if "embedding" in v))
         modes = {Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.VC}
         if c.generation > 1:
@@ -120,17 +129,39 @@ class CosyVoiceEngine(Engine):
         digest = zlib.crc32(repr((c.generation, sizes)).encode()) & 0xFFFFFFFF
         safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in c.name)[:40]
         self._feature_key = f"cosyvoice-v{c.generation}.{safe_name}.{digest:08x}"
-        _warm_up(c)
+        renderer = self._renderer(c)
+        _warm_up(c, renderer)
+        self.scheduler = Scheduler(
+            self._token_stage(c), renderer, sample_rate=c.sample_rate, max_batch=self.options.max_batch
+        )
+        self.scheduler.start()
         log.info("CosyVoice v%d ready on %s: modes %s", c.generation, device, sorted(m.value for m in modes))
+
+    def _renderer(self, c: Components) -> Renderer:
+        if c.generation == 1:
+            return WindowRenderer(c)
+        schedule = HopSchedule(c.flow.chunk_tokens, self.options.first_hop, self.options.max_hop)
+        return FlowRenderer(c, schedule, fixed_draws(c.hift) if c.generation == 3 else None)
+
+    def _token_stage(self, c: Components) -> TokenStage:
+        if self.options.llm_backend == "vllm":
+            from cosyvoice.runtime.vllm import VllmTokens  # imported here: vllm is an optional extra
+
+            return VllmTokens(c, gpu_memory_utilization=self.options.vllm_memory)
+        if self.options.llm_backend != "torch":
+            raise ValueError(f"llm_backend must be 'torch' or 'vllm', not {self.options.llm_backend!r}")
+        return TorchTokens(c.llm, prefill_chunk=self.options.prefill_chunk)
 
     async def close(self) -> None:
         self._ready = False
+        if self.scheduler is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.scheduler.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def busy(self) -> int:
-        """Requests in progress (they share the one inference thread, a chunk at a time)."""
-        return self._active
+        """Sessions (clauses) in flight in the scheduler's batches."""
+        return 0 if self.scheduler is None else self.scheduler.busy
 
     @property
     def feature_key(self) -> str:
@@ -149,54 +180,64 @@ class CosyVoiceEngine(Engine):
 
     async def _produce(self, request: SynthesisRequest, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
-        cancelled = threading.Event()
-        self._active += 1
+        started: list[tuple[Session, asyncio.Queue]] = []
         try:
-            prompt = await loop.run_in_executor(self._executor, self._prompt, request)
-            for piece in self._pieces(request):
-                chunks = await loop.run_in_executor(self._executor, self._start_piece, request, prompt, piece, cancelled)
-                while True:
-                    chunk = await loop.run_in_executor(self._executor, _next_chunk, chunks)
-                    if chunk is None:
-                        break
-                    if chunk.size:
-                        await emit(chunk.astype(np.float32, copy=False))
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        except (InvalidRequest, Cancelled):
+            prompt, texts = await loop.run_in_executor(self._executor, self._prepare, request)
+
+            def begin(piece: Piece) -> None:
+                queue: asyncio.Queue = asyncio.Queue()
+                session = self._session(request, prompt, piece, partial(loop.call_soon_threadsafe, queue.put_nowait))
+                started.append((session, queue))
+                self.scheduler.submit(session)
+
+            begin(texts[0])
+            for index in range(len(texts)):
+                queue = started[index][1]
+                while (item := await queue.get()) is not END:
+                    if item is LLM_DONE:  # the next clause's LLM can start while this one renders
+                        if len(started) == index + 1 < len(texts):
+                            begin(texts[index + 1])
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        await emit(item)
+        except (asyncio.CancelledError, InvalidRequest):
             raise
         except Exception as error:
             log.exception("CosyVoice synthesis failed")
             raise EngineFailure(f"synthesis failed: {error}") from error
         finally:
-            self._active -= 1
+            for session, _ in started:
+                self.scheduler.cancel(session)
 
-    def _pieces(self, request: SynthesisRequest) -> list[str | None]:
-        """Clauses to speak (each a separate model run); VC has one piece, the source audio."""
+    def _session(self, request: SynthesisRequest, prompt: ModeInputs, piece: Piece, deliver) -> Session:
+        text = piece if isinstance(piece, Tensor) else None
+        session = Session(
+            prompt, text, deliver, stream=request.stream, speed=request.speed,
+            seed=request.seed if request.seed > 0 else None, generation=self.components.generation,
+        )
+        if text is None:  # voice conversion: the source's speech tokens, no LLM
+            session.tokens, session.llm_done = piece, True
+        return session
+
+    def _prepare(self, request: SynthesisRequest) -> tuple[ModeInputs, list[Piece]]:
+        """The mode inputs and the pieces to speak (runs on the frontend thread)."""
+        prompt = self._prompt(request)
         if request.mode is Mode.VC:
-            return [None]
+            return prompt, [self._speech_tokens(request.source_audio).tolist()]
+        texts = []
+        for piece in self._pieces(request):
+            if self.components.generation == 3 and request.mode is Mode.CROSS_LINGUAL and END_OF_PROMPT not in piece:
+                piece = f"{V3_SYSTEM}{END_OF_PROMPT}{piece}"
+            texts.append(self._text_ids(piece, prompt.flow_feat.device))
+        return prompt, texts
+
+    def _pieces(self, request: SynthesisRequest) -> list[str]:
+        """Clauses to speak, each a separate model run."""
         text = request.text.strip()
         if "<|" in text and "|>" in text:  # model markup: keep it whole, as written
             return [text]
         return split_clauses(self._normalizer(text), **self.clause_options) or [text]
-
-    def _start_piece(self, request: SynthesisRequest, prompt: ModeInputs, piece: str | None, cancelled: threading.Event):
-        c = self.components
-        seed = request.seed if request.seed > 0 else None
-        generator = torch.Generator().manual_seed(request.seed) if seed else None
-        synthesis = Synthesis(
-            c, prompt, stream=request.stream, speed=request.speed, generator=generator, seed=seed,
-            cancelled=cancelled, draws=self._draws, first_hop=self.options.first_hop, max_hop=self.options.max_hop,
-        )
-        if piece is None:
-            source = self._speech_tokens(request.source_audio).tolist()
-            return synthesis.chunks(iter(source))
-        text = piece
-        if c.generation == 3 and request.mode is Mode.CROSS_LINGUAL and END_OF_PROMPT not in text:
-            text = f"{V3_SYSTEM}{END_OF_PROMPT}{text}"
-        tokens = torch.tensor(c.tokenizer.encode(text), dtype=torch.long, device=prompt.flow_feat.device)
-        return synthesis.chunks(synthesis.speech_tokens(tokens))
 
     # -- prompts ----------------------------------------------------------------
     @torch.inference_mode()
@@ -270,29 +311,21 @@ class CosyVoiceEngine(Engine):
 
 
 @torch.inference_mode()
-def _warm_up(c: Components) -> None:
+def _warm_up(c: Components, renderer: Renderer) -> None:
     """A tiny pass through every stage, so the first request does not pay for lazy initialization."""
     device = next(c.flow.parameters()).device
     empty = torch.zeros(0, dtype=torch.long, device=device)
     text = torch.tensor(c.tokenizer.encode("warm up"), dtype=torch.long, device=device)
     state = c.llm.start(c.llm.prompt(text, empty, empty, None), text_len=text.numel(), seed=1)
-    c.llm.advance(state, 0)
-    tokens = torch.zeros(8, dtype=torch.long, device=device)
-    speaker = torch.ones(1, 192, device=device)
-    no_feat = torch.zeros(1, 0, 80, device=device)
-    if c.generation == 1:
-        frames = c.flow.target_frames(tokens.numel())
-        mel = c.flow(tokens, empty, no_feat, speaker, torch.randn(1, 80, frames, device=device))
-    else:
-        mel = c.flow(tokens, empty, no_feat, speaker, c.noise)
-    c.hift(mel)
+    batch = c.llm.batch()
+    batch.add(state)
+    batch.advance({id(state): 0})
+    prompt = ModeInputs(empty, empty, None, empty, torch.zeros(1, 0, 80, device=device), torch.ones(1, 192, device=device))
+    session = Session(prompt, text, lambda item: None, generation=c.generation, llm_done=True, tokens=[0] * 8)
+    renderer.open(session)
+    renderer.render([session])
 
 
 def _with_end(text: str, marker: str = END_OF_PROMPT) -> str:
     text = text.strip()
     return text if text.endswith(marker) else text + marker
-
-
-def _next_chunk(chunks: Any) -> np.ndarray | None:
-    with torch.inference_mode():
-        return next(chunks, None)

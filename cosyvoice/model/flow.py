@@ -6,18 +6,25 @@ zeroing mu, speaker and prompt condition. The initial noise is an argument:
 v2/v3 use one fixed table (``fixed_noise``), so every position always starts
 from the same noise and a recomputed chunk reproduces earlier frames; v1
 draws fresh noise per call (pass a generator to make it reproducible).
+
+v2/v3 also render incrementally (:meth:`_CausalFlow.begin`, ``encode``,
+``render``): each chunk's new tokens go through the encoder and the solver
+once, with keys/values and convolution inputs of earlier positions carried in
+a :class:`FlowSession`, and the noise taken at the frames' absolute positions.
+``render`` runs several sessions' chunks in one packed call.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cosyvoice.model.conformer import Encoder, PreLookaheadLayer, UpsampleEncoder
+from cosyvoice.model.conformer import Encoder, EncoderCache, PreLookaheadLayer, UpsampleEncoder
+from cosyvoice.model.incremental import Packed, SessionState
 
 NOISE_FRAMES = 15000  # 300 s of mel at 50 frames/s: the cap on prompt + output per flow call
 
@@ -50,6 +57,24 @@ class ConditionalCFM(nn.Module):
         cond2 = torch.cat([cond, torch.zeros_like(cond)])
         for step in range(1, self.steps + 1):
             velocity = self.estimator(torch.cat([x, x]), mask2, mu2, t.expand(2), spks2, cond2, streaming)
+            guided, free = velocity.chunk(2)
+            x = x + dt * ((1.0 + self.cfg_rate) * guided - self.cfg_rate * free)
+            t = t + dt
+            if step < self.steps:
+                dt = t_span[step + 1] - t
+        return x.float()
+
+    def stream(self, noise: Tensor, mu: Tensor, spks: Tensor, cond: Tensor, batch: Packed) -> Tensor:
+        """:meth:`forward` for the new frames of packed sessions (``[1, 80, total]`` each, ``spks`` per
+        frame); earlier frames enter through ``batch``'s carried state, one scope per solver step."""
+        t_span = 1 - torch.cos(torch.linspace(0, 1, self.steps + 1, device=mu.device, dtype=mu.dtype) * 0.5 * math.pi)
+        x = noise.to(mu.dtype)
+        t, dt = t_span[0], t_span[1] - t_span[0]
+        mu2 = torch.cat([mu, torch.zeros_like(mu)])
+        spks2 = torch.cat([spks, torch.zeros_like(spks)])
+        cond2 = torch.cat([cond, torch.zeros_like(cond)])
+        for step in range(1, self.steps + 1):
+            velocity = self.estimator.stream(torch.cat([x, x]), mu2, t.expand(2), spks2, cond2, batch.scoped(step))
             guided, free = velocity.chunk(2)
             x = x + dt * ((1.0 + self.cfg_rate) * guided - self.cfg_rate * free)
             t = t + dt
@@ -189,6 +214,27 @@ class FlowCarry:
     mu: Tensor
 
 
+@dataclass
+class FlowSession:
+    """One session's incremental flow state: its prompt, what it has rendered, and the carried caches."""
+
+    prompt_tokens: Tensor  # [P]
+    prompt_feat: Tensor  # [1, 2P, 80]
+    speaker: Tensor  # [1, 80], after the affine layer
+    streaming: bool  # chunk masks (else one call renders everything, with full attention)
+    tokens: int = 0  # token positions encoded so far, prompt included
+    frames: int = 0  # mel frames rendered so far, prompt included
+    encoder: EncoderCache = field(default_factory=EncoderCache)  # v2
+    lookahead_tail: Tensor | None = None  # v3
+    estimator: SessionState = field(default_factory=SessionState)
+    pending: Tensor | None = None  # the condition (mu) of encoded frames not yet rendered
+
+    @property
+    def nbytes(self) -> int:
+        kv = sum(k.numel() * k.element_size() * 2 for k, _ in filter(None, self.encoder.kv))
+        return kv + self.estimator.nbytes
+
+
 class _CausalFlow(_Flow):
     """v2/v3: two mel frames per token, a 3-token lookahead, and the fixed noise table."""
 
@@ -196,6 +242,59 @@ class _CausalFlow(_Flow):
 
     def mu(self, tokens: Tensor, *, streaming: bool, finalize: bool) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _encode(self, session: FlowSession, x: Tensor, context: Tensor | None) -> Tensor:  # pragma: no cover
+        """The condition ``[1, frames, 80]`` of new embedded positions ``x`` (``context``: lookahead)."""
+        raise NotImplementedError
+
+    @property
+    def chunk_tokens(self) -> int:  # pragma: no cover - abstract
+        """The attention chunk in tokens: streamed chunks must end on its multiples."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def begin(self, prompt_tokens: Tensor, prompt_feat: Tensor, embedding: Tensor, *, streaming: bool) -> FlowSession:
+        """A new session; its first :meth:`encode` also encodes the prompt."""
+        return FlowSession(prompt_tokens, prompt_feat, self.speaker(embedding), streaming)
+
+    @torch.inference_mode()
+    def encode(self, session: FlowSession, tokens: Tensor, context: Tensor | None) -> None:
+        """Encode the next ``tokens`` (``context``: the lookahead tokens after them; None when they
+        are the last); their frames wait in ``session.pending`` for :meth:`render`."""
+        if session.tokens == 0:
+            tokens = torch.cat([session.prompt_tokens, tokens])
+        end = session.tokens + tokens.numel()
+        if context is not None and not session.streaming:
+            raise ValueError("without chunk masks the flow renders all tokens in one call")
+        if context is not None and end % self.chunk_tokens:
+            raise ValueError(f"a streamed chunk must end on a multiple of {self.chunk_tokens} tokens, not {end}")
+        x = self.embed(tokens)
+        ctx = self.embed(context) if context is not None and context.numel() > 0 else None
+        mu = self._encode(session, x, ctx)
+        session.pending = mu if session.pending is None else torch.cat([session.pending, mu], dim=1)
+        session.tokens = end
+
+    @torch.inference_mode()
+    def render(self, sessions: list[FlowSession], noise: Tensor) -> list[Tensor]:
+        """Solve the pending frames of several sessions in one packed call; each session's mel
+        ``[1, 80, frames]`` after its prompt (empty while only prompt frames were pending)."""
+        mus = [s.pending for s in sessions]
+        lengths = [m.size(1) for m in mus]
+        starts = [s.frames for s in sessions]
+        for start, length in zip(starts, lengths):
+            if start + length > noise.size(-1):
+                raise ValueError(f"the noise covers {noise.size(-1)} frames; {start + length} are needed")
+        mu = torch.cat(mus, dim=1).transpose(1, 2)
+        x0 = torch.cat([noise[:, :, a : a + n] for a, n in zip(starts, lengths)], dim=2).to(mu.device)
+        cond = torch.cat([_condition(s, a, n, mu) for s, a, n in zip(sessions, starts, lengths)], dim=2)
+        batch = Packed([s.estimator for s in sessions], lengths, starts, [s.streaming for s in sessions])
+        spks = batch.per_position([s.speaker for s in sessions])
+        mels = batch.split(self.decoder.stream(x0, mu, spks, cond, batch))
+        out = []
+        for session, mel, start, length in zip(sessions, mels, starts, lengths):
+            session.frames, session.pending = start + length, None
+            out.append(mel[:, :, max(0, session.prompt_feat.size(1) - start) :])
+        return out
 
     @torch.inference_mode()
     def forward(
@@ -227,6 +326,10 @@ class CausalMaskedDiffWithXvec(_CausalFlow):
     def lookahead(self) -> int:
         return self.encoder.lookahead
 
+    @property
+    def chunk_tokens(self) -> int:
+        return self.encoder.static_chunk_size
+
     def mu(self, tokens: Tensor, *, streaming: bool, finalize: bool) -> Tensor:
         x = self.embed(tokens)
         context = None
@@ -234,6 +337,9 @@ class CausalMaskedDiffWithXvec(_CausalFlow):
             x, context = x[:, : -self.lookahead], x[:, -self.lookahead :]
         h = self.encoder(x, torch.tensor([x.size(1)], device=x.device), streaming=streaming, context=context)
         return self.encoder_proj(h)
+
+    def _encode(self, session: FlowSession, x: Tensor, context: Tensor | None) -> Tensor:
+        return self.encoder_proj(self.encoder.stream(x, context, session.encoder, streaming=session.streaming))
 
 
 class CausalMaskedDiffWithDiT(_CausalFlow):
@@ -254,6 +360,10 @@ class CausalMaskedDiffWithDiT(_CausalFlow):
     def lookahead(self) -> int:
         return self.pre_lookahead_layer.lookahead
 
+    @property
+    def chunk_tokens(self) -> int:
+        return self.decoder.estimator.static_chunk_size // self.token_mel_ratio
+
     def mu(self, tokens: Tensor, *, streaming: bool, finalize: bool) -> Tensor:
         del streaming  # the lookahead conv is causal apart from its explicit context
         x = self.embed(tokens)
@@ -262,3 +372,15 @@ class CausalMaskedDiffWithDiT(_CausalFlow):
         else:
             h = self.pre_lookahead_layer(x[:, : -self.lookahead], x[:, -self.lookahead :])
         return h.repeat_interleave(self.token_mel_ratio, dim=1)
+
+    def _encode(self, session: FlowSession, x: Tensor, context: Tensor | None) -> Tensor:
+        h, session.lookahead_tail = self.pre_lookahead_layer.stream(x, context, session.lookahead_tail)
+        return h.repeat_interleave(self.token_mel_ratio, dim=1)
+
+
+def _condition(session: FlowSession, start: int, length: int, like: Tensor) -> Tensor:
+    """The prompt mel where frames ``start ..`` overlap the prompt, zeros after: ``[1, 80, length]``."""
+    cond = like.new_zeros(1, length, like.size(1))
+    prompt = session.prompt_feat[:, start : start + length]
+    cond[:, : prompt.size(1)] = prompt
+    return cond.transpose(1, 2)

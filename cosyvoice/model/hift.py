@@ -7,7 +7,8 @@ phases and the additive noise) are arguments (:class:`SourceDraws`), so a
 caller can make them deterministic; weight norm is folded at load time.
 
 v1/v2 (``HiFTGenerator``) are non-causal; v3 (``causal=True``) uses causal
-convolutions with a 4-frame (``conv_pre``) and 3-frame (F0) lookahead.
+convolutions with a 4-frame (``conv_pre``) and 3-frame (F0) lookahead, and
+runs incrementally too (:mod:`cosyvoice.model.vocoder`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from cosyvoice.model.incremental import Packed
 
 
 @dataclass
@@ -68,9 +71,13 @@ class ResBlock(nn.Module):
         self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
         self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, batch: Packed | None = None) -> Tensor:
+        """Causal blocks also run incrementally over packed sessions (``batch``)."""
         for conv1, conv2, act1, act2 in zip(self.convs1, self.convs2, self.activations1, self.activations2):
-            x = x + conv2(act2(conv1(act1(x))))
+            if batch is None:
+                x = x + conv2(act2(conv1(act1(x))))
+            else:
+                x = x + batch.conv(conv2, act2(batch.conv(conv1, act1(x))))
         return x
 
 

@@ -1,11 +1,12 @@
 """The text-to-speech-token language models of the three generations.
 
-Each model builds its prefill input (``prompt``), runs it (``start``) and
-then extends a caller-owned cache one speech token at a time (``advance``).
-The cache and everything else a request accumulates live in that request's
-:class:`Decoding`, never on the model, so requests can run side by side and a
-batched scheduler can step them together. ``score`` (teacher forcing) and
-``greedy`` are the testability hooks the parity tests use.
+Each model builds its prefill input (``prompt``), runs it (``start``, or a
+chunk at a time with :class:`Prefill`) and then extends a caller-owned cache
+one speech token at a time (``advance``). The cache and everything else a
+request accumulates live in that request's :class:`Decoding`, never on the
+model, so requests can run side by side; a :meth:`SpeechLM.batch` advances
+many of them by one token in one pass (Qwen2: a shared slot cache). ``score``
+(teacher forcing) and ``greedy`` are the testability hooks the parity tests use.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cosyvoice.model.conformer import Encoder
-from cosyvoice.model.qwen2 import Qwen2Config, Qwen2Encoder
+from cosyvoice.model.qwen2 import Qwen2Config, Qwen2Encoder, SlotCache
 from cosyvoice.model.sampling import SamplingOptions, ras
 
 
@@ -31,9 +32,9 @@ class Prompt:
     task_index: int
 
 
-@dataclass
+@dataclass(eq=False)
 class Decoding:
-    """One request's decoding state."""
+    """One request's decoding state (compared by identity)."""
 
     cache: Any
     logp: Tensor
@@ -71,22 +72,17 @@ class SpeechLM(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.llm_decoder(hidden).float().log_softmax(dim=-1)
 
+    def batch(self) -> DecodeBatch:
+        """An empty batch for advancing many decodings together (this model: one after another)."""
+        return DecodeBatch(self)
+
     # -- shared ----------------------------------------------------------
-    @torch.inference_mode()
     def start(self, prompt: Prompt, *, text_len: int, seed: int | None, ratios: tuple[float, float] = (2, 20)) -> Decoding:
         """Prefill: a new request's decoding state, ready for its first sample."""
-        hidden, cache = self.run(prompt.embeds, None)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device="cpu")
-            generator.manual_seed(seed)
-        return Decoding(
-            cache=cache,
-            logp=self.logits(hidden[:, -1])[0],
-            min_len=int(text_len * ratios[0]),
-            max_len=int(text_len * ratios[1]),
-            generator=generator,
-        )
+        prefill = Prefill(self, prompt)
+        while not prefill.step(prompt.embeds.size(1)):
+            pass
+        return prefill.finish(int(text_len * ratios[0]), int(text_len * ratios[1]), seed)
 
     @torch.inference_mode()
     def advance(self, state: Decoding, token: int) -> None:
@@ -137,6 +133,90 @@ class SpeechLM(nn.Module):
         embeds = torch.cat([prompt.embeds, self.embed_speech(forced.view(1, -1))], dim=1)
         hidden, _ = self.run(embeds, None)
         return self.logits(hidden[0, prompt.task_index :])
+
+
+class Prefill:
+    """A prompt's prefill, run a chunk of positions at a time so other requests' decode steps can
+    interleave with a long prompt's."""
+
+    def __init__(self, lm: SpeechLM, prompt: Prompt) -> None:
+        self.lm = lm
+        self.prompt = prompt
+        self.done = 0
+        self.cache: Any = None
+        self.hidden: Tensor | None = None
+
+    @torch.inference_mode()
+    def step(self, positions: int) -> bool:
+        """Run up to ``positions`` more prompt positions; True when the whole prompt is in the cache."""
+        end = min(self.prompt.embeds.size(1), self.done + positions)
+        self.hidden, self.cache = self.lm.run(self.prompt.embeds[:, self.done : end], self.cache)
+        self.done = end
+        return end == self.prompt.embeds.size(1)
+
+    @torch.inference_mode()
+    def finish(self, min_len: int, max_len: int, seed: int | None) -> Decoding:
+        """The decoding state, ready for its first sample (stop tokens barred before ``min_len`` tokens)."""
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(seed)
+        logp = self.lm.logits(self.hidden[:, -1])[0]
+        return Decoding(cache=self.cache, logp=logp, min_len=min_len, max_len=max_len, generator=generator)
+
+
+class DecodeBatch:
+    """Decodings advanced together, one new token each per :meth:`advance`. This base steps them one
+    after another; models with a batched cache override it."""
+
+    def __init__(self, lm: SpeechLM) -> None:
+        self.lm = lm
+        self.states: list[Decoding] = []
+
+    def add(self, state: Decoding) -> None:
+        self.states.append(state)
+
+    def remove(self, state: Decoding) -> None:
+        self.states.remove(state)
+
+    def advance(self, tokens: dict[int, int]) -> None:
+        """Feed each member ``states[i]`` its sampled token ``tokens[id(state)]``; all members take part."""
+        for state in self.states:
+            self.lm.advance(state, tokens[id(state)])
+
+
+class SlotBatch(DecodeBatch):
+    """Qwen2 decodings whose caches live in the rows of one :class:`SlotCache`: one forward pass
+    advances them all."""
+
+    def __init__(self, lm: Qwen2LM) -> None:
+        super().__init__(lm)
+        weight = lm.speech_embedding.weight
+        self.cache = SlotCache(lm.llm.decoder.config, weight.device, weight.dtype)
+
+    def add(self, state: Decoding) -> None:
+        state.cache = self.cache.add(state.cache)  # the row index: rows follow ``states``
+        self.states.append(state)
+
+    def remove(self, state: Decoding) -> None:
+        row = self.states.index(state)
+        moved = self.cache.remove(row)
+        last = self.states.pop()
+        if moved is not None:
+            self.states[row] = last
+            last.cache = row
+
+    @torch.inference_mode()
+    def advance(self, tokens: dict[int, int]) -> None:
+        if not self.states:
+            return
+        ids = [tokens[id(state)] for state in self.states]
+        embeds = self.lm.embed_speech(torch.tensor(ids, device=self.cache.device).view(-1, 1))
+        hidden = self.lm.llm.decoder.decode(embeds, self.cache)
+        logp = self.lm.logits(hidden[:, -1]).cpu()  # sampling runs on the CPU: one transfer for the batch
+        for row, (state, token) in enumerate(zip(self.states, ids)):
+            state.tokens.append(token)
+            state.logp = logp[row]
 
 
 def _speaker(embedding: Tensor | None, affine: nn.Linear, like: Tensor) -> Tensor:
@@ -215,6 +295,9 @@ class Qwen2LM(SpeechLM):
     def specials(self) -> tuple[Tensor, Tensor]:
         table = self.llm_embedding.weight
         return table[0], table[1]
+
+    def batch(self) -> DecodeBatch:
+        return SlotBatch(self)
 
     def prompt(self, text, prompt_text, prompt_speech, embedding):
         del embedding  # the Qwen2 models take the speaker from the flow only

@@ -3,8 +3,10 @@
 The v2/v3 language models embed a Qwen2-0.5B backbone. Owning the code (not
 transformers' model class) keeps the cache a plain per-request value: a step
 takes the cache it extends and returns the new one, so the model object holds
-no request state and several requests can be stepped side by side. Keys match
-``llm.model.model.*`` in the official ``llm.pt``.
+no request state and several requests can be stepped side by side. For
+continuous batching, :class:`SlotCache` holds many sequences' caches in the
+rows of shared tensors and :meth:`Qwen2Model.decode` extends them all by one
+token in one pass. Keys match ``llm.model.model.*`` in the official ``llm.pt``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,20 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat([-second, first], dim=-1)
 
 
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of ``q`` ``[B, heads, t, d]`` over fewer key/value heads ``[B, kv_heads, T, d]``
+    (query head h uses key head h // (heads / kv_heads)), without copying the keys per query head.
+    ``mask`` ``[B or 1, 1, t, T]`` or ``[t, T]``, True where allowed."""
+    b, heads, t, d = q.shape
+    groups = heads // k.size(1)
+    if groups > 1:
+        q = q.reshape(b, k.size(1), groups * t, d)
+        if mask is not None:
+            mask = mask.unsqueeze(-3).expand(*mask.shape[:-2], groups, *mask.shape[-2:]).flatten(-3, -2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.view(b, heads, t, d)
+
+
 class Attention(nn.Module):
     def __init__(self, config: Qwen2Config) -> None:
         super().__init__()
@@ -104,11 +120,21 @@ class Attention(nn.Module):
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)
             v = torch.cat([cache[1], v], dim=2)
-        groups = self.heads // self.kv_heads
-        out = F.scaled_dot_product_attention(
-            q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), attn_mask=mask
-        )
+        out = grouped_attention(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v)
+
+    def decode(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, layer: int, cache: SlotCache) -> Tensor:
+        """One new position per row of ``cache`` (rows 0 .. B-1): ``x`` ``[B, 1, H]``, ``cos``/``sin``
+        ``[B, 1, 1, d]`` at each row's own position, ``mask`` ``[B, 1, 1, T]``."""
+        b = x.size(0)
+        q = self.q_proj(x).view(b, 1, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        keys, values = cache.write(layer, k, v, mask.size(-1))
+        out = grouped_attention(q, keys, values, mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, 1, -1))
 
 
 class MLP(nn.Module):
@@ -135,6 +161,10 @@ class DecoderLayer(nn.Module):
         x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
+    def decode(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, layer: int, cache: SlotCache) -> Tensor:
+        x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, mask, layer, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
 
 class Qwen2Model(nn.Module):
     """Token embeddings, decoder layers and the final norm (``llm.model.model``)."""
@@ -149,14 +179,16 @@ class Qwen2Model(nn.Module):
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
         self.register_buffer("inv_freq", 1.0 / (config.rope_theta**exponents), persistent=False)
 
+    def _rotation(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq
+        angles = torch.cat([freqs, freqs], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
     def forward(self, embeds: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
         """Extend ``cache`` (None: empty) by ``embeds`` ``[B, T, H]``; the normed hidden states and the new cache."""
         past = 0 if cache is None else cache[0][0].size(2)
         t = embeds.size(1)
-        positions = torch.arange(past, past + t, device=embeds.device, dtype=torch.float32)
-        freqs = positions.unsqueeze(1) * self.inv_freq.unsqueeze(0)
-        angles = torch.cat([freqs, freqs], dim=-1)
-        cos, sin = angles.cos().to(embeds.dtype), angles.sin().to(embeds.dtype)
+        cos, sin = self._rotation(torch.arange(past, past + t, device=embeds.device), embeds.dtype)
         mask = None
         if t > 1:
             query = torch.arange(past, past + t, device=embeds.device).unsqueeze(1)
@@ -167,6 +199,104 @@ class Qwen2Model(nn.Module):
             x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i])
             new_cache.append(layer_cache)
         return self.norm(x), new_cache
+
+    def decode(self, embeds: Tensor, cache: SlotCache) -> Tensor:
+        """Extend each of the first ``B`` rows of ``cache`` by one position: ``embeds`` ``[B, 1, H]`` ->
+        normed hidden states ``[B, 1, H]``."""
+        b = embeds.size(0)
+        positions = cache.lengths[:b]
+        cos, sin = self._rotation(positions.view(b, 1, 1), embeds.dtype)  # [B, 1, 1, d]: any head, one position
+        end = int(positions.max()) + 1
+        cache.reserve(end)
+        mask = (torch.arange(end, device=embeds.device) <= positions.unsqueeze(1)).view(b, 1, 1, end)
+        x = embeds
+        for i, layer in enumerate(self.layers):
+            x = layer.decode(x, cos, sin, mask, i, cache)
+        cache.lengths[:b] += 1
+        return self.norm(x)
+
+
+class SlotCache:
+    """Keys/values of several sequences in the rows of shared ``[rows, kv_heads, positions, d]`` tensors.
+
+    Rows ``0 .. active - 1`` are in use, so a decode step works on views of the
+    first rows; :meth:`remove` moves the last row into the freed one. Rows and
+    positions grow geometrically as sequences join and lengthen.
+    """
+
+    def __init__(self, config: Qwen2Config, device: torch.device, dtype: torch.dtype) -> None:
+        self.shape = (config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+        self.layers_count = config.num_hidden_layers
+        self.device, self.dtype = device, dtype
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self.lengths = torch.zeros(0, dtype=torch.long, device=device)
+        self.active = 0
+        self._allocate(4, 256)
+
+    def _allocate(self, rows: int, positions: int) -> None:
+        kv_heads, head_dim = self.shape
+
+        def grow(old: Tensor | None) -> Tensor:
+            new = torch.zeros(rows, kv_heads, positions, head_dim, device=self.device, dtype=self.dtype)
+            if old is not None:
+                new[: old.size(0), :, : old.size(2)] = old
+            return new
+
+        old_k = self.keys or [None] * self.layers_count
+        old_v = self.values or [None] * self.layers_count
+        self.keys = [grow(k) for k in old_k]
+        self.values = [grow(v) for v in old_v]
+        lengths = torch.zeros(rows, dtype=torch.long, device=self.device)
+        lengths[: self.lengths.numel()] = self.lengths
+        self.lengths = lengths
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        return self.keys[0].size(0), self.keys[0].size(2)
+
+    def reserve(self, positions: int, rows: int = 0) -> None:
+        """Make room for ``rows`` rows of ``positions`` positions (at least doubling what is short)."""
+        have_rows, have_positions = self.capacity
+        if positions > have_positions or rows > have_rows:
+            self._allocate(
+                have_rows if rows <= have_rows else max(rows, 2 * have_rows),
+                have_positions if positions <= have_positions else max(positions, 2 * have_positions),
+            )
+
+    def add(self, cache: KVCache) -> int:
+        """Take a sequence's prefill cache (``[1, kv_heads, T, d]`` per layer) into a new last row."""
+        row, length = self.active, cache[0][0].size(2)
+        self.reserve(length, row + 1)
+        for i, (k, v) in enumerate(cache):
+            self.keys[i][row, :, :length] = k[0]
+            self.values[i][row, :, :length] = v[0]
+        self.lengths[row] = length
+        self.active += 1
+        return row
+
+    def remove(self, row: int) -> int | None:
+        """Free ``row``; the last row moves into it (returns that row's old index, None if none moved)."""
+        last = self.active - 1
+        self.active = last
+        if row == last:
+            return None
+        length = int(self.lengths[last])
+        for keys, values in zip(self.keys, self.values):
+            keys[row, :, :length] = keys[last, :, :length]
+            values[row, :, :length] = values[last, :, :length]
+        self.lengths[row] = length
+        return last
+
+    def write(self, layer: int, k: Tensor, v: Tensor, end: int) -> tuple[Tensor, Tensor]:
+        """Store one new position per row (``[B, kv_heads, 1, d]`` at each row's length); views of
+        rows 0 .. B-1 up to position ``end`` (the longest row's, new position included)."""
+        b = k.size(0)
+        rows = torch.arange(b, device=k.device)
+        positions = self.lengths[:b]
+        self.keys[layer][rows, :, positions] = k[:, :, 0]
+        self.values[layer][rows, :, positions] = v[:, :, 0]
+        return self.keys[layer][:b, :, :end], self.values[layer][:b, :, :end]
 
 
 class Qwen2Backbone(nn.Module):

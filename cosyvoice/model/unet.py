@@ -3,17 +3,24 @@
 v1 is non-causal (GroupNorm blocks, a down/up-sampling level pair); v2 is
 causal (left-padded convs, LayerNorm blocks, a single level) and, when
 streaming, attends within 50-frame chunks counted from the first frame.
+Being causal, v2 also runs incrementally (:meth:`ConditionalDecoder.stream`):
+only a chunk's new frames, with the convolution inputs and attention
+keys/values of earlier frames carried per session.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cosyvoice.model.conformer import chunk_mask
+from cosyvoice.model.incremental import Packed
+
+Attend = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]  # (module, q, k, v) -> attention output
 
 
 def timestep_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -46,8 +53,15 @@ class Block1D(nn.Module):
         else:
             self.block = nn.Sequential(nn.Conv1d(dim, dim_out, 3, padding=1), nn.GroupNorm(8, dim_out), nn.Mish())
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.block(x * mask) * mask
+    def forward(self, x: Tensor, mask: Tensor | None, batch: Packed | None = None) -> Tensor:
+        """Full path: ``mask`` ``[B, 1, T]``; incremental (causal only): ``batch``, no mask."""
+        if batch is None:
+            return self.block(x * mask) * mask
+        conv, *rest = self.block
+        x = batch.conv(conv, x)
+        for layer in rest:
+            x = layer(x)
+        return x
 
 
 class ResnetBlock1D(nn.Module):
@@ -58,9 +72,9 @@ class ResnetBlock1D(nn.Module):
         self.block2 = Block1D(dim_out, dim_out, causal=causal)
         self.res_conv = nn.Conv1d(dim, dim_out, 1)
 
-    def forward(self, x: Tensor, mask: Tensor, time: Tensor) -> Tensor:
-        h = self.block1(x, mask) + self.mlp(time).unsqueeze(-1)
-        return self.block2(h, mask) + self.res_conv(x * mask)
+    def forward(self, x: Tensor, mask: Tensor | None, time: Tensor, batch: Packed | None = None) -> Tensor:
+        h = self.block1(x, mask, batch) + self.mlp(time).unsqueeze(-1)
+        return self.block2(h, mask, batch) + self.res_conv(x if mask is None else x * mask)
 
 
 class Downsample1D(nn.Module):
@@ -91,10 +105,10 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attend: Attend) -> Tensor:
         b, t, _ = x.shape
         q, k, v = (proj(x).view(b, t, self.heads, -1).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))
+        out = attend(self, q, k, v)
         return self.to_out[0](out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -128,8 +142,8 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.attn1(self.norm1(x), mask)
+    def forward(self, x: Tensor, attend: Attend) -> Tensor:
+        x = x + self.attn1(self.norm1(x), attend)
         return x + self.ff(self.norm3(x))
 
 
@@ -201,10 +215,12 @@ class ConditionalDecoder(nn.Module):
         allowed = mask.bool().expand(-1, size, -1)
         if streaming and self.causal and self.static_chunk_size > 0:
             allowed = allowed & chunk_mask(size, self.static_chunk_size, mask.device).unsqueeze(0)
-        h = x.transpose(1, 2)
-        for block in blocks:
-            h = block(h, allowed)
-        return h.transpose(1, 2)
+        allowed = allowed.unsqueeze(1)
+
+        def attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+        return _transformers(x, blocks, attend)
 
     def forward(
         self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor, streaming: bool = False
@@ -234,3 +250,36 @@ class ConditionalDecoder(nn.Module):
             x = sampler(x * level_mask)
         x = self.final_block(x, level_mask)
         return self.final_proj(x * level_mask) * mask
+
+    def stream(self, x: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor, batch: Packed) -> Tensor:
+        """The velocity at the new frames of packed sessions (causal v2 only): ``x``, ``mu``, ``spks``,
+        ``cond`` ``[R, 80, total]`` (``spks`` already per frame), ``t`` ``[R]``. Earlier frames enter
+        through ``batch``'s carried state, which also says which sessions attend chunk by chunk."""
+        if not self.causal:
+            raise ValueError("only the causal (v2) U-Net runs incrementally")
+        def attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return batch.attend(module, q, k, v, self.static_chunk_size)
+
+        time = timestep_embedding(t, self.in_channels)
+        time = self.time_mlp.linear_2(F.silu(self.time_mlp.linear_1(time)))
+        x = torch.cat([x, mu, spks, cond], dim=1)
+        skips = []
+        for resnet, blocks, sampler in self.down_blocks:
+            x = _transformers(resnet(x, None, time, batch), blocks, attend)
+            skips.append(x)
+            x = batch.conv(sampler, x)
+        for resnet, blocks in self.mid_blocks:
+            x = _transformers(resnet(x, None, time, batch), blocks, attend)
+        for resnet, blocks, sampler in self.up_blocks:
+            x = torch.cat([x, skips.pop()], dim=1)
+            x = _transformers(resnet(x, None, time, batch), blocks, attend)
+            x = batch.conv(sampler, x)
+        return self.final_proj(self.final_block(x, None, batch))
+
+
+def _transformers(x: Tensor, blocks: nn.ModuleList, attend: Attend) -> Tensor:
+    """Transformer blocks over channels-first ``x`` ``[B, C, T]``."""
+    h = x.transpose(1, 2)
+    for block in blocks:
+        h = block(h, attend)
+    return h.transpose(1, 2)

@@ -215,23 +215,26 @@ def test_frontend_prompt_features(generation, models, reference):
 
 @pytest.mark.parametrize("generation", [1, 2])
 def test_streaming_pipeline(generation, models, reference, monkeypatch):
-    """Chunked synthesis (flow per hop, vocoder caches, cross-fades) against upstream's token2wav.
-
-    Draws are made deterministic as in the fixture: zero phases and noise in the
-    vocoder, and v1's flow noise seeded per call.
+    """Chunked synthesis through the runtime's renderers against upstream's token2wav: v2 streams
+    incrementally on the hop schedule with a 5-token first hop (which brings the 20-token prompt to a
+    25-token boundary), then 25 and 50, with the vocoder's caches and cross-fades; v1 in overlapping
+    windows. Upstream recomputes each v2 chunk from the first token, so this also checks the carried
+    state. Draws are deterministic as in the fixture: zero phases and noise in the vocoder, and v1's
+    flow noise seeded per call.
     """
-    import threading
-
-    from cosyvoice.model.pipeline import ModeInputs, Synthesis
+    from cosyvoice.model.pipeline import ModeInputs
+    from cosyvoice.runtime.render import FlowRenderer, WindowRenderer
+    from cosyvoice.runtime.schedule import HopSchedule
+    from cosyvoice.runtime.session import Session
 
     case = reference[generation]["stream"]
     model = models[generation]
     empty = torch.zeros(0, dtype=torch.long)
     inputs = ModeInputs(empty, empty, None, case["prompt_tokens"], case["prompt_feat"].float(), case["embedding"].float())
-    synthesis = Synthesis(model, inputs, stream=True, speed=1.0, generator=None, seed=None, cancelled=threading.Event())
+    renderer = WindowRenderer(model) if generation == 1 else FlowRenderer(model, HopSchedule(25, 5, 100))
     calls = []
 
-    def seeded_noise(frames):
+    def seeded_noise(session, frames):
         calls.append(frames)
         return torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(1000 + len(calls)))
 
@@ -241,10 +244,20 @@ def test_streaming_pipeline(generation, models, reference, monkeypatch):
         phase = torch.full((batch, hift.harmonics), -math.pi if generation == 1 else 0.0)
         return SourceDraws(phase, torch.zeros(batch, frames * hift.hop_samples, hift.harmonics))
 
-    monkeypatch.setattr(synthesis, "noise", seeded_noise)
+    monkeypatch.setattr(renderer, "noise", seeded_noise, raising=False)
     monkeypatch.setattr(model.hift, "draw", zero_draws)
+    session = Session(inputs, None, lambda item: None, generation=generation)
+    renderer.open(session)
+    chunks = []
     with torch.inference_mode():
-        chunks = [torch.from_numpy(c) for c in synthesis.chunks(iter(case["tokens"].tolist()))]
+        for token in case["tokens"].tolist() + [None]:
+            if token is None:
+                session.llm_done = True
+            else:
+                session.tokens.append(token)
+            while renderer.next_chunk(session) is not None:
+                chunks.append(torch.from_numpy(renderer.render([session])[0]))
+    assert renderer.finished(session)
     assert [len(c) for c in chunks] == case["lengths"].tolist()
     errors = [
         max(max_error(chunk[: head.numel()], head), max_error(chunk[-tail.numel() :], tail))

@@ -1,0 +1,185 @@
+"""Speech tokens to audio chunks, for several sessions per call: the render stage.
+
+A renderer opens per-session state, says when a session's next chunk is ready
+(and how many mel frames it costs, for the scheduler), and renders a batch.
+
+* :class:`FlowRenderer` (v2/v3) streams on the hop schedule with the
+  incremental flow (every session's new frames in one packed solver call) and
+  the chunked vocoder (v2: batched by shape; v3: incremental, packed).
+* :class:`WindowRenderer` (v1) streams upstream's overlapping windows through
+  the non-causal flow one session at a time, then vocodes the batch.
+
+A session that does not stream (or changes speed) renders in one call once
+its last token is known: full attention, then the speed change, then the
+vocoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from cosyvoice.model.flow import FlowCarry, FlowSession
+from cosyvoice.model.hift import SourceDraws
+from cosyvoice.model.loader import Components
+from cosyvoice.model.vocoder import CausalVocoder, CausalVocoderSession, HiftStream, vocode
+from cosyvoice.runtime.schedule import HopSchedule
+from cosyvoice.runtime.session import Session
+
+V1_HOP, V1_OVERLAP, V1_MEL_CACHE = 100, 20, 20  # tokens, tokens, mel frames (v1 streaming)
+
+
+def _whole(session: Session) -> bool:
+    return not session.stream or session.speed != 1.0
+
+
+def _speed(mel: Tensor, speed: float) -> Tensor:
+    if speed == 1.0:
+        return mel
+    return F.interpolate(mel, size=max(1, int(mel.size(2) / speed)), mode="linear")
+
+
+@dataclass
+class _Flowing:
+    flow: FlowSession
+    vocoder: HiftStream | CausalVocoderSession
+    hop: int
+    first: bool = True
+    rendered: int = 0  # tokens rendered
+    finished: bool = False
+
+
+class FlowRenderer:
+    """v2/v3: hop-scheduled chunks through the incremental flow and the chunked vocoder."""
+
+    def __init__(self, components: Components, schedule: HopSchedule, draws: SourceDraws | None = None) -> None:
+        self.c = components
+        self.schedule = schedule
+        self.causal = CausalVocoder(components.hift, draws) if components.generation == 3 else None
+
+    def open(self, session: Session) -> None:
+        p = session.prompt
+        flow = self.c.flow.begin(p.flow_speech, p.flow_feat, p.flow_embedding, streaming=not _whole(session))
+        vocoder = self.causal.begin() if self.causal else HiftStream(self.c.hift, session.generator)
+        session.render = _Flowing(flow, vocoder, self.schedule.first(p.flow_speech.numel()))
+
+    def finished(self, session: Session) -> bool:
+        return session.render.finished
+
+    def next_chunk(self, session: Session) -> tuple[int, bool] | None:
+        """(new tokens, final) of the session's next chunk, or None while it is not ready."""
+        state: _Flowing = session.render
+        left = len(session.tokens) - state.rendered
+        if state.finished or (_whole(session) and not session.llm_done):
+            return None
+        if not _whole(session) and left >= state.hop + self.c.flow.lookahead:
+            return state.hop, False
+        return (left, True) if session.llm_done else None
+
+    def frames(self, session: Session) -> int:
+        """Mel frames the next chunk solves (the prompt's too, in a first chunk)."""
+        count, _ = self.next_chunk(session)
+        prompt = session.prompt.flow_speech.numel() if session.render.first else 0
+        return (count + prompt) * self.c.flow.token_mel_ratio
+
+    def render(self, sessions: list[Session]) -> list[np.ndarray]:
+        flow = self.c.flow
+        finals = []
+        for session in sessions:
+            state: _Flowing = session.render
+            count, final = self.next_chunk(session)
+            end = state.rendered + count
+            device = session.prompt.flow_feat.device
+            tokens = torch.tensor(session.tokens[state.rendered : end], dtype=torch.long, device=device)
+            context = None
+            if not final:
+                context = torch.tensor(session.tokens[end : end + flow.lookahead], dtype=torch.long, device=device)
+                state.hop = self.schedule.next(state.hop, state.first)
+            flow.encode(state.flow, tokens, context)
+            state.rendered, state.first, state.finished = end, False, final
+            finals.append(final)
+        mels = flow.render([s.render.flow for s in sessions], self.c.noise)
+        mels = [_speed(mel, s.speed) for mel, s in zip(mels, sessions)]
+        vocoders = [s.render.vocoder for s in sessions]
+        waves = self.causal.push(vocoders, mels, finals) if self.causal else vocode(vocoders, mels, finals)
+        return [wave.numpy() for wave in waves]
+
+
+@dataclass
+class _Windowed:
+    vocoder: HiftStream
+    offset: int = 0
+    carry: FlowCarry | None = None
+    held: Tensor | None = None
+    finished: bool = False
+
+
+class WindowRenderer:
+    """v1: windows of 100 + 20 tokens that overlap by 20; the overlap's 34 mel frames share noise and
+    condition with the previous window and are cross-faded; then chunked vocoding."""
+
+    def __init__(self, components: Components) -> None:
+        self.c = components
+        self.overlap_frames = components.flow.target_frames(V1_OVERLAP)
+        self.fade = torch.from_numpy(np.hamming(2 * self.overlap_frames).astype(np.float32))
+
+    def open(self, session: Session) -> None:
+        session.render = _Windowed(HiftStream(self.c.hift, session.generator, mel_cache=V1_MEL_CACHE))
+
+    def finished(self, session: Session) -> bool:
+        return session.render.finished
+
+    def noise(self, session: Session, frames: int) -> Tensor:
+        """The flow's initial noise for one call (a hook for tests)."""
+        return torch.randn(1, 80, frames, generator=session.generator)
+
+    def next_chunk(self, session: Session) -> tuple[int, bool] | None:
+        state: _Windowed = session.render
+        left = len(session.tokens) - state.offset
+        if state.finished or (_whole(session) and not session.llm_done):
+            return None
+        if not _whole(session) and left >= V1_HOP + V1_OVERLAP:
+            return V1_HOP + V1_OVERLAP, False
+        return (left, True) if session.llm_done else None
+
+    def frames(self, session: Session) -> int:
+        count, _ = self.next_chunk(session)
+        return self.c.flow.target_frames(count) + session.prompt.flow_feat.size(1)
+
+    def render(self, sessions: list[Session]) -> list[np.ndarray]:
+        mels, finals = [], []
+        for session in sessions:
+            count, final = self.next_chunk(session)
+            mels.append(self._mel(session, count, final))
+            finals.append(final)
+        waves = vocode([s.render.vocoder for s in sessions], mels, finals)
+        return [wave.numpy() for wave in waves]
+
+    def _mel(self, session: Session, count: int, final: bool) -> Tensor:
+        state: _Windowed = session.render
+        p, flow = session.prompt, self.c.flow
+        device = p.flow_feat.device
+        tokens = torch.tensor(session.tokens[state.offset : state.offset + count], dtype=torch.long, device=device)
+        noise = self.noise(session, p.flow_feat.size(1) + flow.target_frames(count)).to(device)
+        state.finished = final
+        if _whole(session):
+            return _speed(flow(tokens, p.flow_speech, p.flow_feat, p.flow_embedding, noise), session.speed)
+        mel, state.carry = flow.window(
+            tokens, p.flow_speech, p.flow_feat, p.flow_embedding, noise, state.carry, self.overlap_frames
+        )
+        if state.held is not None:
+            n = min(self.overlap_frames, mel.size(2))
+            fade = self.fade.to(device)
+            mel[:, :, :n] = mel[:, :, :n] * fade[:n] + state.held[:, :, :n] * fade[self.overlap_frames : self.overlap_frames + n]
+        state.offset += V1_HOP
+        if final:
+            return mel
+        state.held = mel[:, :, -self.overlap_frames :]
+        return mel[:, :, : -self.overlap_frames]
+
+
+Renderer = FlowRenderer | WindowRenderer

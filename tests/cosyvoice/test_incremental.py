@@ -1,0 +1,222 @@
+"""The incremental runtime computes what the recompute path computes.
+
+Streaming flow chunks with carried keys/values, convolution tails and noise
+offsets must equal upstream's way (recompute [prompt | tokens so far] every
+chunk and slice), the incremental v3 vocoder must equal vocoding the whole
+mel, and batched LLM decoding must equal one sequence at a time. Measured
+differences are float32 rounding (flow <= 3e-6 for mel values up to ~5,
+vocoder <= 2e-7, log-probabilities <= 1e-6); each test also shows that
+dropping a carried tail or misaligning the noise misses by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cosyvoice.model.hift import SourceDraws
+from cosyvoice.model.pipeline import fixed_draws
+from cosyvoice.model.vocoder import CausalVocoder, HiftStream, vocode
+from cosyvoice.runtime.schedule import HopSchedule
+
+FLOW_TOL = 1e-4  # mel
+VOCODER_TOL = 2e-6  # samples (the tiny vocoder's output peaks near 0.08)
+LOGP_TOL = 1e-5
+HOPS = [5, 25, 50]  # a 20-token prompt: 5 tokens reach the first 25-token boundary
+
+
+def inputs(seed: int, prompt_tokens: int = 20, tokens: int = 90):
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, 200, (prompt_tokens,), generator=gen)
+    feat = torch.randn(1, 2 * prompt_tokens, 80, generator=gen) - 5
+    return prompt, feat, torch.randn(1, 192, generator=gen), torch.randint(0, 200, (tokens,), generator=gen)
+
+
+def recomputed(model, prompt, feat, embedding, tokens, hops):
+    """Upstream's streaming: every chunk runs the flow on all tokens so far, then slices."""
+    flow, out, offset = model.flow, [], 0
+    for hop in hops:
+        mel = flow(tokens[: offset + hop + 3], prompt, feat, embedding, model.noise, streaming=True, finalize=False)
+        out.append(mel[:, :, offset * 2 :])
+        offset += hop
+    out.append(flow(tokens, prompt, feat, embedding, model.noise, streaming=True, finalize=True)[:, :, offset * 2 :])
+    return torch.cat(out, dim=2)
+
+
+def incremental(model, prompt, feat, embedding, tokens, hops, *, noise=None, after_first=None, neighbour=None):
+    """Our streaming: each chunk's new tokens only, with carried state; optionally beside another session."""
+    flow, out, offset = model.flow, [], 0
+    session = flow.begin(prompt, feat, embedding, streaming=True)
+    for i, hop in enumerate(hops + [None]):
+        final = hop is None
+        end = len(tokens) if final else offset + hop
+        flow.encode(session, tokens[offset:end], None if final else tokens[end : end + 3])
+        sessions = [session]
+        if neighbour is not None and neighbour.tokens < 100:  # its 7-token prompt, then whole chunks
+            flow.encode(neighbour, torch.randint(0, 200, (18 if neighbour.tokens == 0 else 25,)), torch.tensor([1, 2, 3]))
+            sessions.append(neighbour)
+        out.append(flow.render(sessions, model.noise if noise is None else noise)[0])
+        if after_first is not None and i == 0:
+            after_first(session)
+        offset = end
+    return torch.cat(out, dim=2)
+
+
+def error(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, f"{tuple(a.shape)} != {tuple(b.shape)}"
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("generation", [2, 3])
+def test_incremental_flow_equals_recompute(generation, models):
+    model = models[generation]
+    prompt, feat, embedding, tokens = inputs(1)
+    expected = recomputed(model, prompt, feat, embedding, tokens, HOPS)
+    neighbour = model.flow.begin(prompt[:7], feat[:, :14], embedding * 0.5, streaming=True)
+    assert error(incremental(model, prompt, feat, embedding, tokens, HOPS, neighbour=neighbour), expected) < FLOW_TOL
+
+    def drop_tails(session):
+        session.estimator.tails.clear()
+
+    def drop_context(session):  # v2: the upsampling conv's inputs; v3: the lookahead conv's
+        session.encoder.up_tail = None
+        session.lookahead_tail = None
+
+    for broken in (
+        incremental(model, prompt, feat, embedding, tokens, HOPS, after_first=drop_tails),
+        incremental(model, prompt, feat, embedding, tokens, HOPS, after_first=drop_context),
+        incremental(model, prompt, feat, embedding, tokens, HOPS, noise=model.noise[:, :, 1:]),
+    ):
+        assert error(broken, expected) > 1000 * FLOW_TOL
+
+
+@pytest.mark.parametrize("generation", [2, 3])
+def test_one_call_without_chunk_masks_equals_the_full_path(generation, models):
+    model = models[generation]
+    prompt, feat, embedding, tokens = inputs(2)
+    full = model.flow(tokens, prompt, feat, embedding, model.noise, streaming=False, finalize=True)
+    session = model.flow.begin(prompt, feat, embedding, streaming=False)
+    model.flow.encode(session, tokens, None)
+    assert error(model.flow.render([session], model.noise)[0], full) < FLOW_TOL
+    with pytest.raises(ValueError, match="one call"):
+        model.flow.encode(model.flow.begin(prompt, feat, embedding, streaming=False), tokens[:5], tokens[5:8])
+
+
+def test_a_streamed_chunk_must_end_on_a_boundary(models):
+    flow = models[2].flow
+    prompt, feat, embedding, tokens = inputs(3)
+    with pytest.raises(ValueError, match="multiple of 25"):
+        flow.encode(flow.begin(prompt, feat, embedding, streaming=True), tokens[:6], tokens[6:9])
+
+
+def test_incremental_causal_vocoder_equals_whole_mel(models):
+    hift = models[3].hift
+    draws = fixed_draws(hift, seconds=3.0)
+    gen = torch.Generator().manual_seed(0)
+    mels = [torch.randn(1, 80, n, generator=gen) - 5 for n in (120, 90)]
+    wholes = [hift(mel, draws)[0][0] for mel in mels]
+    cuts = [(0, 2, 7, 50, 120), (0, 30, 31, 90)]  # two packed sessions; chunks of 1 to 70 frames
+
+    def streamed(draws=draws, after_third=None):
+        vocoder = CausalVocoder(hift, draws)
+        sessions = [vocoder.begin(), vocoder.begin()]
+        out = [[], []]
+        for step in range(4):
+            live = [i for i in (0, 1) if step + 1 < len(cuts[i])]
+            waves = vocoder.push(
+                [sessions[i] for i in live],
+                [mels[i][:, :, cuts[i][step] : cuts[i][step + 1]] for i in live],
+                [step + 2 == len(cuts[i]) for i in live],
+            )
+            for i, wave in zip(live, waves):
+                out[i].append(wave)
+            if after_third is not None and step == 2:
+                after_third(sessions[0])
+        return [torch.cat(parts) for parts in out]
+
+    for got, whole in zip(streamed(), wholes):
+        assert error(got, whole) < VOCODER_TOL
+
+    def drop_conv_tails(session):
+        for key in [k for k in session.convs.tails if isinstance(k, tuple)]:
+            del session.convs.tails[key]
+
+    def drop_phase(session):
+        session.phase = None
+
+    shifted = SourceDraws(draws.phase, draws.noise[:, hift.hop_samples :])
+    for broken in (streamed(after_third=drop_conv_tails), streamed(after_third=drop_phase), streamed(draws=shifted)):
+        assert error(broken[0], wholes[0]) > 100 * VOCODER_TOL
+
+
+def test_batched_vocoding_keeps_each_sessions_draws(models):
+    """Batching the v1/v2 vocoder changes float rounding only (the excitation integrates F0, so it
+    grows to ~1e-5); each session keeps its own random draws."""
+    hift = models[2].hift
+    gen = torch.Generator().manual_seed(4)
+    mels = [torch.randn(1, 80, 40, generator=gen) - 5 for _ in range(3)]
+
+    def streams():
+        return [HiftStream(hift, torch.Generator().manual_seed(10 + i)) for i in range(3)]
+
+    alone = [s.push(m, final=False) for s, m in zip(streams(), mels)]
+    together = vocode(streams(), mels, [False] * 3)
+    for a, b in zip(alone, together):
+        assert error(a, b) < 1e-4
+    assert error(together[0][:1000], together[1][:1000]) > 1e-3  # different generators, different draws
+
+
+@pytest.mark.parametrize("generation", [1, 2])
+def test_batched_decoding_equals_one_at_a_time(generation, models):
+    llm = models[generation].llm
+    gen = torch.Generator().manual_seed(5)
+    vocab = 2000 if generation == 1 else 1000
+    empty = torch.zeros(0, dtype=torch.long)
+    prompts = [
+        llm.prompt(torch.randint(0, vocab, (n,), generator=gen), empty, torch.randint(0, 100, (p,), generator=gen),
+                   torch.randn(1, 192, generator=gen) if generation == 1 else None)
+        for n, p in ((12, 9), (5, 0), (20, 30))
+    ]
+    forced = [torch.randint(0, 100, (30,), generator=gen).tolist() for _ in prompts]
+    expected = []
+    for prompt, tokens in zip(prompts, forced):
+        state = llm.start(prompt, text_len=10, seed=None)
+        rows = [state.logp]
+        for token in tokens:
+            llm.advance(state, token)
+            rows.append(state.logp)
+        expected.append(torch.stack(rows))
+    batch = llm.batch()
+    states, got = [], [[] for _ in prompts]
+    for step in range(34):
+        if step < 3:  # joins while others decode
+            states.append(llm.start(prompts[step], text_len=10, seed=None))
+            batch.add(states[-1])
+            got[step].append(states[-1].logp)
+        if step == 12:  # leaves mid-batch: its rows are reused
+            batch.remove(states[1])
+        fed = {id(s): forced[i][len(s.tokens)] for i, s in enumerate(states) if s in batch.states and len(s.tokens) < 30}
+        for s in [s for s in batch.states if id(s) not in fed]:
+            batch.remove(s)
+        batch.advance(fed)
+        for i, s in enumerate(states):
+            if id(s) in fed:
+                got[i].append(s.logp)
+    for rows, reference in zip(got, expected):
+        assert error(torch.stack(rows), reference[: len(rows)]) < LOGP_TOL
+    assert len(got[1]) == 12 and len(got[0]) == 31  # start + 11 steps before it left; start + 30
+
+
+@pytest.mark.parametrize(
+    "prompt,first_hop,expected",
+    [(0, 25, 25), (0, 5, 25), (20, 5, 5), (20, 25, 30), (140, 5, 10), (140, 11, 35), (17, 1, 8)],
+)
+def test_first_hop_reaches_a_chunk_boundary(prompt, first_hop, expected):
+    schedule = HopSchedule(25, first_hop, 100)
+    hop = schedule.first(prompt)
+    assert hop == expected and (prompt + hop) % 25 == 0
+    later = [schedule.next(hop, True)]
+    for _ in range(3):
+        later.append(schedule.next(later[-1], False))
+    assert later == [25, 50, 100, 100]
+    assert HopSchedule(25, 5, 60).next(50, False) == 50  # max_hop rounds down to whole chunks
