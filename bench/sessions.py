@@ -46,6 +46,8 @@ import contextlib
 import io
 import multiprocessing as mp
 import os
+import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -75,6 +77,7 @@ REPLAY_WAV = ROOT / "bench" / "results" / "replay.wav"
 FRAME = 0.02  # seconds of audio per frame on every transport
 AUDIBLE = 1e-3  # a frame whose peak is above this carries speech
 LAG_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+ETH_P_ALL, SO_TIMESTAMPNS, PACKET_OUTGOING = 0x0003, 35, 4  # Linux packet sockets
 
 
 # The gateway under test.
@@ -88,6 +91,7 @@ class Gateway:
         self.server = ServerProcess("--log-level", "warning", "--data-dir", self._data.name, *args, env=env)
         self.url = self.server.url
         self.pid = self.server.process.pid
+        self.ports = [self.server.port]  # TCP ports it serves on (the AudioSocket one too, when on)
         self.log: deque[str] = deque(maxlen=50)
         # The server's output goes to a pipe; read it so a chatty server never blocks on a full one.
         threading.Thread(target=self._drain, daemon=True).start()
@@ -107,6 +111,27 @@ class Gateway:
     def cpu(self) -> tuple[float, float]:
         """CPU seconds so far of the gateway process and of its children (engine workers)."""
         return process_cpu(self.pid), sum(process_cpu(child) for child in child_pids(self.pid))
+
+    def pin(self, cpus: set[int]) -> None:
+        """Keep every thread of the gateway (and those it starts later) on ``cpus``."""
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), cpus)
+
+    def udp_ports(self) -> set[int]:
+        """The local ports of the gateway's UDP sockets (its WebRTC calls)."""
+        inodes = set()
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        ports = set()
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        return ports
 
     def metrics(self) -> dict[str, float]:
         return parse_metrics(httpx.get(self.url + "/metrics", timeout=10).text)
@@ -229,6 +254,98 @@ async def engine_first_chunk(url: str, rounds: int = 10) -> list[float]:
     return firsts[1:]
 
 
+class WireTap:
+    """Kernel timestamps of the gateway's outgoing audio frames on loopback (needs root; else it stays off).
+
+    The bots' arrival times include their own waits for a CPU, which on a
+    small shared machine can dwarf the gateway's; the kernel stamps a packet
+    when the gateway hands it to the socket, so these times show the
+    gateway's pacing alone. ``frames`` says what an audio frame is: ``rtp``
+    (every RTP packet from the gateway's UDP ports: the bots only receive),
+    ``binary`` or ``text`` (WebSocket messages of that type from ``ports``)
+    or ``audiosocket`` (its audio frames, from ``ports``).
+    """
+
+    def __init__(self, frames: str, ports: Sequence[int]) -> None:
+        self.frames = frames
+        self.ports = set(ports)
+        self.flows: dict[tuple[int, int], list[float]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    def start(self) -> WireTap:
+        try:
+            self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        except PermissionError:
+            return self
+        self._socket.bind(("lo", 0))
+        self._socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        self._socket.settimeout(0.2)
+        self._thread = threading.Thread(target=self._capture, name="wire tap", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, udp_ports: set[int]) -> list[list[float]]:
+        """Each call's audio frame send times, in seconds; RTP counts only from ``udp_ports`` (the gateway's)."""
+        if self._thread is None:
+            return []
+        self._stop.set()
+        self._thread.join()
+        self._socket.close()
+        return [times for (source, _), times in self.flows.items() if self.frames != "rtp" or source in udp_ports]
+
+    def _capture(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, ancillary, _, address = self._socket.recvmsg(65535, 256)
+            except TimeoutError:
+                continue
+            if address[2] != PACKET_OUTGOING or len(data) < 42 or data[12:14] != b"\x08\x00":
+                continue  # each loopback packet shows twice: keep the sending side's copy, IPv4 only
+            stamp = next(struct.unpack("qq", value) for _, kind, value in ancillary if kind == SO_TIMESTAMPNS)
+            self._packet(data[14:], stamp[0] + stamp[1] / 1e9)
+
+    def _packet(self, ip: bytes, at: float) -> None:
+        header = (ip[0] & 0x0F) * 4
+        protocol, flow = ip[9], struct.unpack("!HH", ip[header : header + 4])
+        if protocol == 17 and self.frames == "rtp":  # RTP: version 2, a dynamic payload type (not RTCP, STUN, DTLS)
+            rtp = ip[header + 8 :]
+            count = int(len(rtp) >= 12 and rtp[0] >> 6 == 2 and 96 <= rtp[1] & 0x7F <= 127)
+        elif protocol == 6 and flow[0] in self.ports:
+            payload = ip[header + (ip[header + 12] >> 4) * 4 : struct.unpack("!H", ip[2:4])[0]]
+            count = audiosocket_frames(payload) if self.frames == "audiosocket" else websocket_frames(payload, self.frames)
+        else:
+            return
+        if count:
+            self.flows.setdefault(flow, []).extend([at] * count)
+
+
+def websocket_frames(data: bytes, kind: str) -> int:
+    """How many server-to-client WebSocket messages of ``kind`` (binary or text) a TCP segment holds."""
+    if data.startswith(b"HTTP/"):
+        return 0  # the upgrade's response
+    opcode, count, index = 2 if kind == "binary" else 1, 0, 0
+    while index + 2 <= len(data):
+        count += data[index] & 0x0F == opcode
+        length, index = data[index + 1] & 0x7F, index + 2
+        if length >= 126:
+            width = 2 if length == 126 else 8
+            length, index = int.from_bytes(data[index : index + width], "big"), index + width
+        index += length
+    return count
+
+
+def audiosocket_frames(data: bytes) -> int:
+    """How many AudioSocket audio frames (types 0x10-0x16) a TCP segment holds."""
+    count, index = 0, 0
+    while index + 3 <= len(data):
+        count += 0x10 <= data[index] <= 0x16
+        index += 3 + int.from_bytes(data[index + 1 : index + 3], "big")
+    return count
+
+
 # The calls, in client processes.
 
 
@@ -339,8 +456,10 @@ def heard(arrivals: Sequence[float], chunks: Sequence[np.ndarray], sent: float |
     return {"sent": sent, "arrivals": list(arrivals[audible[0] : audible[-1] + 1]), "error": error}
 
 
-def client_process(spec: Any, delays: list[float], commands: Any, results: Any) -> None:
+def client_process(spec: Any, delays: list[float], cpus: frozenset[int] | None, commands: Any, results: Any) -> None:
     """A client process: one bot from ``spec`` per delay (when it speaks after the go), driven through two queues."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # before any thread starts, so they all inherit it
     asyncio.run(_drive(spec, delays, commands, results))
 
 
@@ -375,6 +494,36 @@ def spec_timeout(spec: Any) -> float:
     return 2 * len(getattr(spec, "text", PARAGRAPH)) / 14 + 30
 
 
+@dataclass(frozen=True)
+class Bots:
+    """How the bots run: in how many processes, how spread their starts are, on which cores (None: any)."""
+
+    procs: int | None = None  # default: one per 10 calls, at most 4
+    stagger: float = 2.0
+    cpus: frozenset[int] | None = None
+
+    def processes(self, calls: int) -> int:
+        return max(1, min(self.procs or min(4, -(-calls // 10)), calls))
+
+
+def add_bot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--client-procs", type=int, help="bot processes (default: one per 10 calls, at most 4)")
+    parser.add_argument("--stagger", type=float, default=2.0, help="seconds over which the calls start speaking")
+    parser.add_argument("--no-pin", action="store_true", help="let the gateway and the bots share every core")
+
+
+def bots_for(args: argparse.Namespace, gateway: Gateway) -> Bots:
+    """The bots' settings from the flags; unless ``--no-pin``, the gateway gets all cores but the last and the
+    bots the last one, so that neither side's threads wait for a CPU behind the other's (the bots' WebRTC
+    stack alone runs a thread per call)."""
+    cores = sorted(os.sched_getaffinity(0))
+    cpus = None
+    if not args.no_pin and len(cores) > 1:
+        gateway.pin(set(cores[:-1]))
+        cpus = frozenset(cores[-1:])
+    return Bots(args.client_procs, args.stagger, cpus)
+
+
 @dataclass
 class Load:
     """What one run of N concurrent calls produced."""
@@ -390,18 +539,19 @@ class Load:
     metrics_after: dict[str, float]
     load: tuple[float, float]
     errors: list[str] = field(default_factory=list)
+    wire: list[list[float]] = field(default_factory=list)  # the gateway's send times per call, if tapped
 
 
-def run_load(gateway: Gateway, spec: Any, calls: int, client_procs: int, stagger: float) -> Load:
-    """``calls`` bots from ``spec`` in ``client_procs`` processes, starting to speak evenly over ``stagger``
-    seconds after the go; the figures cover the go to the last call's end."""
+def run_load(gateway: Gateway, spec: Any, calls: int, bots: Bots, wire: str = "") -> Load:
+    """``calls`` bots from ``spec``, starting to speak evenly over ``bots.stagger`` seconds after the go;
+    the figures cover the go to the last call's end. ``wire``: the frames to tap, if any (see WireTap)."""
     context = mp.get_context("spawn")
     results = context.Queue()
-    procs = max(1, min(client_procs, calls))
-    delays = [stagger * index / calls for index in range(calls)]
+    procs = bots.processes(calls)
+    delays = [bots.stagger * index / calls for index in range(calls)]
     commands = [context.Queue() for _ in range(procs)]
     workers = [
-        context.Process(target=client_process, args=(spec, delays[index::procs], queue, results), daemon=True)
+        context.Process(target=client_process, args=(spec, delays[index::procs], bots.cpus, queue, results), daemon=True)
         for index, queue in enumerate(commands)
     ]
     for worker in workers:
@@ -415,15 +565,19 @@ def run_load(gateway: Gateway, spec: Any, calls: int, client_procs: int, stagger
         before = gateway.metrics()
         cpu_before, engine_before = gateway.cpu()
         clients_before = sum(process_cpu(worker.pid) for worker in workers)
+        tap = WireTap(wire, gateway.ports)
+        if wire:
+            tap.start()
         started = time.monotonic()
         for queue in commands:
             queue.put("go")
         collected: list[dict[str, Any]] = []
         for _ in workers:
-            _, heard_by_bots, failures = results.get(timeout=spec_timeout(spec) + stagger + 60)
+            _, heard_by_bots, failures = results.get(timeout=spec_timeout(spec) + bots.stagger + 60)
             collected += heard_by_bots
             errors += failures
         wall = time.monotonic() - started
+        wire = tap.stop(gateway.udp_ports())
         cpu_after, engine_after = gateway.cpu()
         clients_after = sum(process_cpu(worker.pid) for worker in workers)
         after = gateway.metrics()
@@ -439,7 +593,7 @@ def run_load(gateway: Gateway, spec: Any, calls: int, client_procs: int, stagger
     gateway.wait_no_sessions()
     return Load(
         calls, collected, sessions, wall, cpu_after - cpu_before, engine_after - engine_before,
-        clients_after - clients_before, before, after, (load_before, load_after), errors,
+        clients_after - clients_before, before, after, (load_before, load_after), errors, wire,
     )  # fmt: skip
 
 
@@ -459,6 +613,7 @@ class Listener:
 
     lead: float = 0.0  # seconds the gateway's sender runs ahead: WebSocket and telephony 0.1 (lead_ms)
     jitter_buffer: float = 0.0
+    wire: str = ""  # what its audio frames are on the wire, for the WireTap: rtp, binary, text or audiosocket
 
     @property
     def lead_frames(self) -> int:
@@ -516,6 +671,7 @@ class Row:
     jitter_ms: float
     max_gap_ms: float
     pacing: tuple[float, float]  # worst early, worst late (ms)
+    wire: tuple[float, float, float]  # the gateway's sends: late at the listener (sum), worst late, largest gap (ms)
     cpu_per_call: float  # % of one core
     gateway_cpu: float  # % of one core
     engine_cpu: float
@@ -525,14 +681,19 @@ class Row:
     errors: list[str]
 
     @property
+    def served(self) -> bool:
+        """Every call heard, no underruns on the server, and (if tapped) the gateway never sent audio late."""
+        return self.ok == self.calls and self.underrun_ms == 0 and not self.wire[0] > 0
+
+    @property
     def clean(self) -> bool:
-        """No underruns on the server, nothing late at the listener, every call heard."""
-        return self.ok == self.calls and self.underrun_ms == 0 and self.late_ms == 0
+        """Served, and nothing late at the bots either."""
+        return self.served and self.late_ms == 0
 
     HEADER = (
         f"{'N':>4} {'ok':>4} {'ttfa srv p50/p95':>17} {'ttfa cli p50/p95':>17} {'underrun':>9} {'late sum/max':>13} "
-        f"{'jitter':>7} {'max gap':>8} {'pacing -/+':>11} {'cpu/call':>9} {'gw cpu':>7} {'engine':>7} {'clients':>8} "
-        f"{'loop lag mean/p99/max':>22} {'load':>10}"
+        f"{'jitter':>7} {'max gap':>8} {'pacing -/+':>11} {'wire late/+/gap':>16} {'cpu/call':>9} {'gw cpu':>7} "
+        f"{'engine':>7} {'clients':>8} {'loop lag mean/p99/max':>22} {'load':>10}"
     )
 
     def line(self) -> str:
@@ -541,7 +702,7 @@ class Row:
             f"{self.calls:4d} {self.ok:4d} {self.ttfa_server[0]:7.1f}/{self.ttfa_server[1]:6.1f}ms "
             f"{self.ttfa_client[0]:7.1f}/{self.ttfa_client[1]:6.1f}ms {self.underrun_ms:7.0f}ms "
             f"{self.late_ms:6.0f}/{self.late_max_ms:4.0f}ms {self.jitter_ms:5.1f}ms {self.max_gap_ms:6.1f}ms "
-            f"{self.pacing[0]:4.0f}/{self.pacing[1]:4.0f}ms "
+            f"{self.pacing[0]:4.0f}/{self.pacing[1]:4.0f}ms {self.wire[0]:5.0f}/{self.wire[1]:3.0f}/{self.wire[2]:3.0f}ms "
             f"{self.cpu_per_call:8.2f}% {self.gateway_cpu:6.0f}% {self.engine_cpu:6.0f}% {self.client_cpu:7.0f}% "
             f"{lag + ' ms':>22} {self.load[0]:4.1f}/{self.load[1]:4.1f}"
         )
@@ -555,6 +716,9 @@ def summarize(load: Load, listener: Listener) -> Row:
     lates = [late_ms(r["arrivals"], listener.jitter_buffer) for r in heard_ok]
     jitters = [gaps(r["arrivals"], listener.lead_frames) for r in heard_ok]
     pacing = [pacing_error(r["arrivals"], listener.lead_frames) for r in heard_ok]
+    wire_pacing = [pacing_error(flow, listener.lead_frames)[1] for flow in load.wire if len(flow) > 10]
+    wire_lates = [late_ms(flow, listener.jitter_buffer) for flow in load.wire if len(flow) > 10]
+    wire_gaps = [gaps(flow, listener.lead_frames)[1] for flow in load.wire if len(flow) > 10]
     errors = load.errors + sorted({r["error"] for r in load.results if r["error"]})
     per_core = 100 / load.wall
     return Row(
@@ -568,6 +732,11 @@ def summarize(load: Load, listener: Listener) -> Row:
         jitter_ms=percentile([j for j, _ in jitters], 0.5),
         max_gap_ms=max((g for _, g in jitters), default=float("nan")),
         pacing=(max((e for e, _ in pacing), default=float("nan")), max((l for _, l in pacing), default=float("nan"))),
+        wire=(
+            sum(wire_lates) if wire_lates else float("nan"),
+            max(wire_pacing, default=float("nan")),
+            max(wire_gaps, default=float("nan")),
+        ),
         cpu_per_call=load.gateway_cpu * per_core / load.calls,
         gateway_cpu=load.gateway_cpu * per_core,
         engine_cpu=load.engine_cpu * per_core,
@@ -583,15 +752,14 @@ def session_first_audio(session: dict) -> float | None:
     return utterances[0].get("first_audio_ms") if utterances else None
 
 
-def ramp(
-    gateway: Gateway, spec: Any, counts: Sequence[int], listener: Listener, client_procs: int | None, stagger: float
-) -> list[Row]:
+def ramp(gateway: Gateway, spec: Any, counts: Sequence[int], listener: Listener, bots: Bots) -> list[Row]:
     """Run each N in turn, printing a row each."""
     rows: list[Row] = []
+    cores = "any core" if bots.cpus is None else f"core {','.join(map(str, sorted(bots.cpus)))}, the gateway on the others"
+    print(f"bots on {cores}; calls start over {bots.stagger:g} s", flush=True)
     print(Row.HEADER, flush=True)
     for calls in counts:
-        procs = client_procs or max(1, min(4, -(-calls // 10)))
-        row = summarize(run_load(gateway, spec, calls, procs, stagger), listener)
+        row = summarize(run_load(gateway, spec, calls, bots, listener.wire), listener)
         rows.append(row)
         print(row.line(), flush=True)
         for error in row.errors[:3]:
@@ -600,10 +768,12 @@ def ramp(
 
 
 def report_capacity(rows: Sequence[Row], what: str) -> None:
-    server = [row.calls for row in rows if row.ok == row.calls and row.underrun_ms == 0]
+    underruns = [row.calls for row in rows if row.ok == row.calls and row.underrun_ms == 0]
+    served = [row.calls for row in rows if row.served]
     clean = [row.calls for row in rows if row.clean]
-    print(f"largest N with zero server-side underruns: {max(server, default=0)} {what}")
-    print(f"largest N also with nothing late at the listener: {max(clean, default=0)} {what}")
+    print(f"largest N with zero server-side underruns: {max(underruns, default=0)} {what}")
+    print(f"largest N with that and no audio sent late for the listener (kernel send times): {max(served, default=0)}")
+    print(f"largest N with that and nothing late at the bots either: {max(clean, default=0)}")
 
 
 def main() -> None:
@@ -611,9 +781,8 @@ def main() -> None:
     parser.add_argument("--transport", choices=("webrtc", "ws"), default="webrtc")
     parser.add_argument("--engine", choices=("replay", "embedded"), default="replay")
     parser.add_argument("--ramp", type=int, nargs="+", default=[1, 5, 10, 20, 30, 40, 50])
-    parser.add_argument("--client-procs", type=int, help="bot processes (default: one per 10 calls, at most 4)")
     parser.add_argument("--idle", type=int, default=0, help="then measure this many connected calls not speaking")
-    parser.add_argument("--stagger", type=float, default=2.0, help="seconds over which the calls start speaking")
+    add_bot_arguments(parser)
     parser.add_argument("--ws-codec", choices=("pcm", "opus"), default="pcm")
     parser.add_argument("--ws-rate", type=int, default=24000)
     parser.add_argument("--jitter-buffer-ms", type=float, help="the simulated listener's buffer (default: 40 on WebRTC, "
@@ -622,7 +791,7 @@ def main() -> None:
 
     webrtc = args.transport == "webrtc"
     jitter_buffer = args.jitter_buffer_ms if args.jitter_buffer_ms is not None else (40.0 if webrtc else 0.0)
-    listener = Listener(lead=0.0 if webrtc else 0.1, jitter_buffer=jitter_buffer / 1000)
+    listener = Listener(0.0 if webrtc else 0.1, jitter_buffer / 1000, "rtp" if webrtc else "binary")
     gateway = Gateway(engine_env(args.engine)).wait_ready()
     try:
         before = gateway.metrics()
@@ -635,7 +804,8 @@ def main() -> None:
         print(f"engine first chunk (HTTP /v1/tts/stream first byte, 1 at a time): p50 {percentile(engine, 0.5) * 1000:.1f} ms, "
               f"p95 {percentile(engine, 0.95) * 1000:.1f} ms; inside the gateway "
               f"(gateway_time_to_first_audio_seconds, transport http): mean {inside:.1f} ms")  # fmt: skip
-        rows = ramp(gateway, spec, args.ramp, listener, args.client_procs, args.stagger)
+        bots = bots_for(args, gateway)
+        rows = ramp(gateway, spec, args.ramp, listener, bots)
         first = rows[0]
         print(f"session first audio at N={first.calls}: p50 {first.ttfa_server[0]:.1f} ms (server), "
               f"{first.ttfa_client[0]:.1f} ms (client); the session path adds {first.ttfa_server[0] - inside:.1f} ms "
@@ -643,8 +813,7 @@ def main() -> None:
               f"to the HTTP first byte)")  # fmt: skip
         report_capacity(rows, f"{where} calls ({args.engine})")
         if args.idle:
-            procs = args.client_procs or max(1, min(4, -(-args.idle // 10)))
-            idle = run_load(gateway, IdleSpec(spec, 10.0), args.idle, procs, 0.0)
+            idle = run_load(gateway, IdleSpec(spec, 10.0), args.idle, bots)
             cpu = idle.gateway_cpu * 100 / idle.wall
             print(f"{args.idle} connected calls, nobody speaking, for {idle.wall:.0f} s: gateway CPU {cpu:.0f}% of a core, "
                   f"{cpu / args.idle:.2f}% per call; load {idle.load[0]:.1f}/{idle.load[1]:.1f}")  # fmt: skip

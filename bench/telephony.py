@@ -33,7 +33,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.sessions import PARAGRAPH, Gateway, Listener, engine_env, heard, ramp, report_capacity  # noqa: E402
+from bench.sessions import (  # noqa: E402
+    PARAGRAPH,
+    Gateway,
+    Listener,
+    add_bot_arguments,
+    bots_for,
+    engine_env,
+    heard,
+    ramp,
+    report_capacity,
+)
 from tests.servers import free_port  # noqa: E402
 
 LEAD = 0.1  # the gateway's default session.lead_ms
@@ -135,9 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", choices=("twilio", "audiosocket"), default="twilio")
     parser.add_argument("--ramp", type=int, nargs="+", default=[10, 50, 100, 150, 200])
-    parser.add_argument("--client-procs", type=int, help="bot processes (default: one per 10 calls, at most 4)")
-    parser.add_argument("--stagger", type=float, default=2.0, help="seconds over which the calls start")
     parser.add_argument("--no-barge-in", action="store_true", help="no voice activity detection on caller audio")
+    add_bot_arguments(parser)
     args = parser.parse_args()
 
     port = free_port()
@@ -147,6 +156,7 @@ def main() -> None:
         extra["GATEWAY_TELEPHONY_AUDIOSOCKET_GREETING"] = PARAGRAPH
         flags = ["--audiosocket-port", str(port)]
     gateway = Gateway(engine_env("replay", extra), *flags).wait_ready()
+    gateway.ports.append(port)
     try:
         if args.protocol == "twilio":
             spec: Any = TwilioBotSpec(gateway.url.replace("http", "ws", 1) + "/v1/telephony/twilio/stream")
@@ -154,7 +164,8 @@ def main() -> None:
             spec = AudioSocketBotSpec("127.0.0.1", port)
         print(f"{args.protocol} on the replay engine, barge-in {'off' if args.no_barge_in else 'on'}; gateway pid "
               f"{gateway.pid} at {gateway.url}; {os.cpu_count()} cores shared by the gateway and the bots", flush=True)  # fmt: skip
-        rows = ramp(gateway, spec, args.ramp, Listener(lead=LEAD), args.client_procs, args.stagger)
+        listener = Listener(LEAD, 0.0, "text" if args.protocol == "twilio" else "audiosocket")
+        rows = ramp(gateway, spec, args.ramp, listener, bots_for(args, gateway))
         report_capacity(rows, f"{args.protocol} calls (replay)")
     finally:
         gateway.stop()
