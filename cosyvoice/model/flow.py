@@ -216,13 +216,12 @@ class FlowCarry:
 
 @dataclass
 class FlowSession:
-    """One session's incremental flow state: its prompt, what it has rendered, and the carried caches."""
+    """One session's incremental flow state: its prompt mel, what it has rendered, and the carried caches."""
 
-    prompt_tokens: Tensor  # [P]
     prompt_feat: Tensor  # [1, 2P, 80]
     speaker: Tensor  # [1, 80], after the affine layer
     streaming: bool  # chunk masks (else one call renders everything, with full attention)
-    tokens: int = 0  # token positions encoded so far, prompt included
+    tokens: int = 0  # positions of [prompt | tokens] encoded so far
     frames: int = 0  # mel frames rendered so far, prompt included
     encoder: EncoderCache = field(default_factory=EncoderCache)  # v2
     lookahead_tail: Tensor | None = None  # v3
@@ -253,16 +252,14 @@ class _CausalFlow(_Flow):
         raise NotImplementedError
 
     @torch.inference_mode()
-    def begin(self, prompt_tokens: Tensor, prompt_feat: Tensor, embedding: Tensor, *, streaming: bool) -> FlowSession:
-        """A new session; its first :meth:`encode` also encodes the prompt."""
-        return FlowSession(prompt_tokens, prompt_feat, self.speaker(embedding), streaming)
+    def begin(self, prompt_feat: Tensor, embedding: Tensor, *, streaming: bool) -> FlowSession:
+        """A new session for [prompt | tokens]; ``prompt_feat`` is the prompt's mel (2 frames per token)."""
+        return FlowSession(prompt_feat, self.speaker(embedding), streaming)
 
     @torch.inference_mode()
     def encode(self, session: FlowSession, tokens: Tensor, context: Tensor | None) -> None:
-        """Encode the next ``tokens`` (``context``: the lookahead tokens after them; None when they
-        are the last); their frames wait in ``session.pending`` for :meth:`render`."""
-        if session.tokens == 0:
-            tokens = torch.cat([session.prompt_tokens, tokens])
+        """Encode the next positions of [prompt | tokens] (``context``: the lookahead tokens after them;
+        None when they are the last); their frames wait in ``session.pending`` for :meth:`render`."""
         end = session.tokens + tokens.numel()
         if context is not None and not session.streaming:
             raise ValueError("without chunk masks the flow renders all tokens in one call")
@@ -277,7 +274,7 @@ class _CausalFlow(_Flow):
     @torch.inference_mode()
     def render(self, sessions: list[FlowSession], noise: Tensor) -> list[Tensor]:
         """Solve the pending frames of several sessions in one packed call; each session's mel
-        ``[1, 80, frames]`` after its prompt (empty while only prompt frames were pending)."""
+        ``[1, 80, frames]`` past its prompt (empty if only prompt frames were pending)."""
         mus = [s.pending for s in sessions]
         lengths = [m.size(1) for m in mus]
         starts = [s.frames for s in sessions]
@@ -293,7 +290,7 @@ class _CausalFlow(_Flow):
         out = []
         for session, mel, start, length in zip(sessions, mels, starts, lengths):
             session.frames, session.pending = start + length, None
-            out.append(mel[:, :, max(0, session.prompt_feat.size(1) - start) :])
+            out.append(mel[:, :, min(length, max(0, session.prompt_feat.size(1) - start)) :])
         return out
 
     @torch.inference_mode()

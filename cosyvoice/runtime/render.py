@@ -47,14 +47,20 @@ def _speed(mel: Tensor, speed: float) -> Tensor:
 class _Flowing:
     flow: FlowSession
     vocoder: HiftStream | CausalVocoderSession
-    hop: int
-    first: bool = True
-    rendered: int = 0  # tokens rendered
+    next_end: int  # where in [prompt | tokens] the next audio chunk ends
+    hop: int  # that chunk's hop
+    first: bool = True  # the next audio chunk is the first
     finished: bool = False
 
 
 class FlowRenderer:
-    """v2/v3: hop-scheduled chunks through the incremental flow and the chunked vocoder."""
+    """v2/v3: hop-scheduled chunks through the incremental flow and the chunked vocoder.
+
+    A streamed session's prompt goes through the flow as soon as the lookahead
+    after its last whole 25-token chunk is known (at once for most prompts,
+    else after the first 3 speech tokens), while the LLM is still working on
+    the first hop; the first audio chunk then solves exactly one chunk.
+    """
 
     def __init__(self, components: Components, schedule: HopSchedule, draws: SourceDraws | None = None) -> None:
         self.c = components
@@ -63,50 +69,72 @@ class FlowRenderer:
 
     def open(self, session: Session) -> None:
         p = session.prompt
-        flow = self.c.flow.begin(p.flow_speech, p.flow_feat, p.flow_embedding, streaming=not _whole(session))
+        flow = self.c.flow.begin(p.flow_feat, p.flow_embedding, streaming=not _whole(session))
         vocoder = self.causal.begin() if self.causal else HiftStream(self.c.hift, session.generator)
-        session.render = _Flowing(flow, vocoder, self.schedule.first(p.flow_speech.numel()))
+        prompt, hop = p.flow_speech.numel(), self.schedule.first(p.flow_speech.numel())
+        session.render = _Flowing(flow, vocoder, prompt + hop, hop)
 
     def finished(self, session: Session) -> bool:
         return session.render.finished
 
     def next_chunk(self, session: Session) -> tuple[int, bool] | None:
-        """(new tokens, final) of the session's next chunk, or None while it is not ready."""
+        """(end, final): the next chunk encodes positions ``flow.tokens .. end`` of [prompt | tokens];
+        None while it is not ready."""
         state: _Flowing = session.render
-        left = len(session.tokens) - state.rendered
-        if state.finished or (_whole(session) and not session.llm_done):
+        if state.finished:
             return None
-        if not _whole(session) and left >= state.hop + self.c.flow.lookahead:
-            return state.hop, False
-        return (left, True) if session.llm_done else None
+        prompt = session.prompt.flow_speech.numel()
+        known = prompt + len(session.tokens)
+        if _whole(session):
+            return (known, True) if session.llm_done else None
+        lookahead = self.c.flow.lookahead
+        prompt_chunks = prompt - prompt % self.schedule.chunk
+        if state.flow.tokens < prompt_chunks and known >= prompt_chunks + lookahead:
+            return prompt_chunks, False
+        if known >= state.next_end + lookahead:
+            return state.next_end, False
+        return (known, True) if session.llm_done else None
 
     def frames(self, session: Session) -> int:
-        """Mel frames the next chunk solves (the prompt's too, in a first chunk)."""
-        count, _ = self.next_chunk(session)
-        prompt = session.prompt.flow_speech.numel() if session.render.first else 0
-        return (count + prompt) * self.c.flow.token_mel_ratio
+        """Mel frames the next chunk solves."""
+        end, _ = self.next_chunk(session)
+        return (end - session.render.flow.tokens) * self.c.flow.token_mel_ratio
 
     def render(self, sessions: list[Session]) -> list[np.ndarray]:
         flow = self.c.flow
         finals = []
         for session in sessions:
             state: _Flowing = session.render
-            count, final = self.next_chunk(session)
-            end = state.rendered + count
-            device = session.prompt.flow_feat.device
-            tokens = torch.tensor(session.tokens[state.rendered : end], dtype=torch.long, device=device)
-            context = None
-            if not final:
-                context = torch.tensor(session.tokens[end : end + flow.lookahead], dtype=torch.long, device=device)
+            end, final = self.next_chunk(session)
+            lookahead = 0 if final else flow.lookahead
+            positions = _positions(session, state.flow.tokens, end + lookahead)
+            flow.encode(state.flow, positions[: len(positions) - lookahead], None if final else positions[-lookahead:])
+            if end == state.next_end and not final:
                 state.hop = self.schedule.next(state.hop, state.first)
-            flow.encode(state.flow, tokens, context)
-            state.rendered, state.first, state.finished = end, False, final
+                state.first, state.next_end = False, end + state.hop
+            state.finished = final
             finals.append(final)
         mels = flow.render([s.render.flow for s in sessions], self.c.noise)
-        mels = [_speed(mel, s.speed) for mel, s in zip(mels, sessions)]
-        vocoders = [s.render.vocoder for s in sessions]
-        waves = self.causal.push(vocoders, mels, finals) if self.causal else vocode(vocoders, mels, finals)
-        return [wave.numpy() for wave in waves]
+        audible = [i for i, (mel, final) in enumerate(zip(mels, finals)) if mel.size(2) or final]
+        waves = [np.zeros(0, dtype=np.float32)] * len(sessions)
+        if audible:
+            vocoders = [sessions[i].render.vocoder for i in audible]
+            mels = [_speed(mels[i], sessions[i].speed) for i in audible]
+            done = [finals[i] for i in audible]
+            out = self.causal.push(vocoders, mels, done) if self.causal else vocode(vocoders, mels, done)
+            for i, wave in zip(audible, out):
+                waves[i] = wave.numpy()
+        return waves
+
+
+def _positions(session: Session, start: int, end: int) -> Tensor:
+    """Positions ``start .. end`` of [prompt | tokens]."""
+    prompt = session.prompt.flow_speech
+    count = prompt.numel()
+    parts = [prompt[start:end]] if start < count else []
+    if end > count:
+        parts.append(torch.tensor(session.tokens[max(start, count) - count : end - count], device=prompt.device))
+    return torch.cat([part.long() for part in parts])
 
 
 @dataclass

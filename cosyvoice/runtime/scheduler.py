@@ -3,10 +3,14 @@
 * The token worker runs the language-model stage: each step, one prefill chunk
   for a waiting session, then one token for every running session in one
   batched pass (continuous batching).
-* The render worker takes the ready sessions closest to running out of audio
-  and renders their next chunks in one call. A less urgent ready session joins
-  the batch only if it would run dry before the batch is done anyway, so
-  batching never delays the most urgent chunk for work that could wait.
+* The render worker takes the ready session closest to running out of audio
+  and renders its next chunk, together with the next most urgent ready
+  sessions when that costs nothing: when the most urgent one still gets its
+  audio in time, or when a separate call would cost more (its overhead) than
+  adding the session's frames to this one. A :class:`RenderCost` model,
+  learned from the calls so far, tells which: on a CPU, where a call costs
+  what its frames cost, sessions without audio yet are served one by one in
+  arrival order; on a GPU, where a call's overhead dominates, they batch.
 
 All torch work runs on these threads, never on the event loop; on a CPU the
 two stages run side by side on two cores. Cancelling a session takes it out of
@@ -43,6 +47,33 @@ class TokenStage(Protocol):
     def step(self) -> list[tuple[Session, int | None]]: ...
 
 
+class RenderCost:
+    """Seconds a render call takes, as ``overhead + per_frame * frames``, fitted by least squares over
+    recent calls (older ones fade)."""
+
+    def __init__(self, memory: float = 0.9) -> None:
+        self.memory = memory
+        self.sums = [0.0] * 5  # weight, x, y, xx, xy
+        self.overhead = 0.0
+        self.per_frame = 0.0
+
+    def observe(self, frames: int, seconds: float) -> None:
+        x, y = float(frames), seconds
+        self.sums = [self.memory * total + new for total, new in zip(self.sums, (1.0, x, y, x * x, x * y))]
+        weight, sx, sy, sxx, sxy = self.sums
+        mean_x, mean_y = sx / weight, sy / weight
+        spread = sxx / weight - mean_x**2
+        slope = (sxy / weight - mean_x * mean_y) / spread if spread > 1e-9 * max(1.0, mean_x**2) else 0.0
+        if slope <= 0.0:  # not enough variety yet: all of it is per-frame cost
+            self.overhead, self.per_frame = 0.0, mean_y / max(mean_x, 1.0)
+        else:
+            self.per_frame = slope
+            self.overhead = max(0.0, mean_y - slope * mean_x)
+
+    def estimate(self, frames: int) -> float:
+        return self.overhead + self.per_frame * frames
+
+
 @dataclass
 class SchedulerStats:
     """Counters for benchmarks and metrics: steps and how many sessions each served."""
@@ -68,7 +99,7 @@ class Scheduler:
         self._joining: list[Session] = []  # for the token stage
         self._leaving: list[Session] = []  # out of the token stage
         self._decoding: set[Session] = set()
-        self._seconds_per_frame = 0.0
+        self.cost = RenderCost()
         self._threads = [
             threading.Thread(target=self._token_worker, name="cosyvoice-tokens", daemon=True),
             threading.Thread(target=self._render_worker, name="cosyvoice-render", daemon=True),
@@ -204,22 +235,24 @@ class Scheduler:
         return ready
 
     def _choose(self, ready: list[Session]) -> tuple[list[Session], int]:
-        """The most urgent ready session, and the next most urgent ones that would run out of audio
-        before a batch with them in it is done (up to ``max_batch``)."""
+        """The most urgent ready session, with the next most urgent ones (up to ``max_batch``) as long
+        as adding them costs it nothing: it still gets its audio in time, or a separate call for the
+        added session would cost more than its frames do here."""
         ready.sort(key=lambda s: s.deadline)
-        batch, frames = [ready[0]], self.renderer.frames(ready[0])
+        first = ready[0]
+        batch, frames = [first], self.renderer.frames(first)
         now = time.monotonic()
         for session in ready[1 : self.max_batch]:
             more = self.renderer.frames(session)
-            if session.deadline > now + 2 * self._seconds_per_frame * (frames + more):
+            in_time = first.deadline >= now + self.cost.estimate(frames + more)
+            if not (in_time or self.cost.overhead > self.cost.per_frame * more):
                 break
             batch.append(session)
             frames += more
         return batch, frames
 
     def _learn(self, seconds: float, frames: int, sessions: int) -> None:
-        per_frame = seconds / max(1, frames)
-        self._seconds_per_frame = per_frame if not self._seconds_per_frame else 0.7 * self._seconds_per_frame + 0.3 * per_frame
+        self.cost.observe(frames, seconds)
         self.stats.render_calls += 1
         self.stats.rendered_sessions += sessions
         self.stats.largest_render_batch = max(self.stats.largest_render_batch, sessions)

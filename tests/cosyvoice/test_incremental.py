@@ -46,19 +46,20 @@ def recomputed(model, prompt, feat, embedding, tokens, hops):
 def incremental(model, prompt, feat, embedding, tokens, hops, *, noise=None, after_first=None, neighbour=None):
     """Our streaming: each chunk's new tokens only, with carried state; optionally beside another session."""
     flow, out, offset = model.flow, [], 0
-    session = flow.begin(prompt, feat, embedding, streaming=True)
+    session = flow.begin(feat, embedding, streaming=True)
+    sequence = torch.cat([prompt, tokens])
     for i, hop in enumerate(hops + [None]):
         final = hop is None
-        end = len(tokens) if final else offset + hop
-        flow.encode(session, tokens[offset:end], None if final else tokens[end : end + 3])
+        end = len(sequence) if final else len(prompt) + offset + hop
+        flow.encode(session, sequence[session.tokens : end], None if final else sequence[end : end + 3])
         sessions = [session]
-        if neighbour is not None and neighbour.tokens < 100:  # its 7-token prompt, then whole chunks
-            flow.encode(neighbour, torch.randint(0, 200, (18 if neighbour.tokens == 0 else 25,)), torch.tensor([1, 2, 3]))
+        if neighbour is not None and neighbour.tokens < 100:  # its prompt and more, in whole chunks
+            flow.encode(neighbour, torch.randint(0, 200, (25,)), torch.tensor([1, 2, 3]))
             sessions.append(neighbour)
         out.append(flow.render(sessions, model.noise if noise is None else noise)[0])
         if after_first is not None and i == 0:
             after_first(session)
-        offset = end
+        offset = end - len(prompt)
     return torch.cat(out, dim=2)
 
 
@@ -72,7 +73,7 @@ def test_incremental_flow_equals_recompute(generation, models):
     model = models[generation]
     prompt, feat, embedding, tokens = inputs(1)
     expected = recomputed(model, prompt, feat, embedding, tokens, HOPS)
-    neighbour = model.flow.begin(prompt[:7], feat[:, :14], embedding * 0.5, streaming=True)
+    neighbour = model.flow.begin(feat[:, :14], embedding * 0.5, streaming=True)
     assert error(incremental(model, prompt, feat, embedding, tokens, HOPS, neighbour=neighbour), expected) < FLOW_TOL
 
     def drop_tails(session):
@@ -95,18 +96,18 @@ def test_one_call_without_chunk_masks_equals_the_full_path(generation, models):
     model = models[generation]
     prompt, feat, embedding, tokens = inputs(2)
     full = model.flow(tokens, prompt, feat, embedding, model.noise, streaming=False, finalize=True)
-    session = model.flow.begin(prompt, feat, embedding, streaming=False)
-    model.flow.encode(session, tokens, None)
+    session = model.flow.begin(feat, embedding, streaming=False)
+    model.flow.encode(session, torch.cat([prompt, tokens]), None)
     assert error(model.flow.render([session], model.noise)[0], full) < FLOW_TOL
     with pytest.raises(ValueError, match="one call"):
-        model.flow.encode(model.flow.begin(prompt, feat, embedding, streaming=False), tokens[:5], tokens[5:8])
+        model.flow.encode(model.flow.begin(feat, embedding, streaming=False), tokens[:5], tokens[5:8])
 
 
 def test_a_streamed_chunk_must_end_on_a_boundary(models):
     flow = models[2].flow
     prompt, feat, embedding, tokens = inputs(3)
     with pytest.raises(ValueError, match="multiple of 25"):
-        flow.encode(flow.begin(prompt, feat, embedding, streaming=True), tokens[:6], tokens[6:9])
+        flow.encode(flow.begin(feat, embedding, streaming=True), tokens[:6], tokens[6:9])
 
 
 def test_incremental_causal_vocoder_equals_whole_mel(models):
@@ -220,3 +221,70 @@ def test_first_hop_reaches_a_chunk_boundary(prompt, first_hop, expected):
         later.append(schedule.next(later[-1], False))
     assert later == [25, 50, 100, 100]
     assert HopSchedule(25, 5, 60).next(50, False) == 50  # max_hop rounds down to whole chunks
+
+
+def test_streamed_v3_audio_equals_the_recompute_path(models):
+    """The v3 renderer end to end: a 60-token prompt goes through the flow before any audio chunk (its
+    two whole chunks, as soon as the lookahead is known), the first audio chunk is the 15 tokens that
+    reach the next boundary, then 25, 50; since the v3 vocoder is exact, the streamed audio equals
+    vocoding the recompute path's mel in one go."""
+    from cosyvoice.model.pipeline import ModeInputs
+    from cosyvoice.runtime.render import FlowRenderer
+    from cosyvoice.runtime.session import Session
+
+    model = models[3]
+    prompt, feat, embedding, tokens = inputs(6, prompt_tokens=60, tokens=120)
+    draws = fixed_draws(model.hift, seconds=10.0)
+    empty = torch.zeros(0, dtype=torch.long)
+    renderer = FlowRenderer(model, HopSchedule(25, 5, 100), draws)
+    session = Session(ModeInputs(empty, empty, None, prompt, feat, embedding), None, lambda item: None, generation=3)
+    renderer.open(session)
+    assert renderer.next_chunk(session) == (50, False)  # before the first speech token
+    chunks, calls = [], []
+    for token in tokens.tolist() + [None]:
+        if token is None:
+            session.llm_done = True
+        else:
+            session.tokens.append(token)
+        while (chunk := renderer.next_chunk(session)) is not None:
+            calls.append((chunk[0], len(session.tokens)))
+            chunks.append(torch.from_numpy(renderer.render([session])[0]))
+    assert calls[:4] == [(50, 1), (75, 18), (100, 43), (150, 93)]  # (chunk end in [prompt | tokens], tokens known)
+    assert chunks[0].numel() == 0 and chunks[1].numel() > 0
+    mel = recomputed(model, prompt, feat, embedding, tokens, [15, 25, 50])
+    expected = model.hift(mel, draws)[0][0]
+    # the flows' float32 rounding (~1e-6 in mel) reaches the excitation's phase through F0: ~1e-5 here
+    assert error(torch.cat(chunks), expected) < 5e-5
+
+
+def test_batches_follow_urgency_and_cost():
+    """Sessions without audio are served one by one in arrival order when a call costs what its frames
+    cost (a CPU), and together when a call's overhead dominates (a GPU); a session with audio to spare
+    lets others join while it still gets its next chunk in time."""
+    import time as clock
+
+    from cosyvoice.runtime.scheduler import RenderCost, Scheduler
+
+    class Renderer:
+        def frames(self, session):
+            return 50
+
+    now = clock.monotonic()
+    waiting = [type("S", (), {"deadline": now - 3 + i})() for i in range(4)]
+    scheduler = Scheduler(None, Renderer(), sample_rate=24000, max_batch=16)
+    for frames, seconds in ((50, 5.0), (100, 10.0), (200, 20.0)):  # CPU-like: 0.1 s per frame, no overhead
+        scheduler.cost.observe(frames, seconds)
+    assert scheduler.cost.overhead < 1e-6 and abs(scheduler.cost.per_frame - 0.1) < 1e-6
+    batch, _ = scheduler._choose(list(reversed(waiting)))
+    assert batch == [waiting[0]]
+    scheduler.cost = RenderCost()
+    for frames, seconds in ((50, 0.051), (100, 0.052), (200, 0.054)):  # GPU-like: 50 ms per call
+        scheduler.cost.observe(frames, seconds)
+    batch, _ = scheduler._choose(list(waiting))
+    assert batch == waiting
+    scheduler.cost = RenderCost()
+    scheduler.cost.observe(50, 5.0)
+    playing = type("S", (), {"deadline": now + 60})()  # a minute of audio buffered
+    later = type("S", (), {"deadline": now + 120})()
+    batch, _ = scheduler._choose([later, playing])
+    assert batch == [playing, later]

@@ -1,0 +1,324 @@
+"""The CosyVoice engine against the reference implementation's streaming, side by side.
+
+    .venv/bin/python bench/engine.py [--sizes tiny,full] [--concurrency 1,4] [--tokens-tiny 100]
+                                     [--tokens-full 50] [--search-tiny 64] [--full-dir DIR]
+
+For each model size (``tiny``: the test checkpoints; ``full``: random weights
+with CosyVoice2-0.5B's exact shapes, made by tools/make_cosyvoice_model.py if
+``--full-dir`` does not hold one), this runs zero-shot streaming requests
+(a 2 s prompt, the same short texts, a forced number of speech tokens since a
+random-weight model never stops) through the gateway's engine in this process,
+then the same inputs through upstream's streaming in the isolated reference
+venv (tools/cosyvoice_reference_stream.py, a separate process, one after the
+other on the same machine). Each level starts all its streams at once.
+
+Per implementation and concurrency it prints the time to first audio (p50 and
+p95), the real-time factor per stream, the aggregate throughput (seconds of
+audio per wall second) and the underrun (a listener who starts playing
+``--lead`` seconds after the first chunk, as the gateway's sessions do), then
+our/their ratios. It also searches the largest number of concurrent streams
+with no underrun, and records the event loop's lag while our engine works.
+The machine's load average is printed: on a shared machine, re-run when it is high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import cosyvoice.runtime.tokens as runtime_tokens  # noqa: E402
+from cosyvoice.engine import Audio, Mode, SavedVoice, SynthesisRequest  # noqa: E402
+from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions  # noqa: E402
+from tools.make_cosyvoice_model import make_model  # noqa: E402
+
+TEXTS = [
+    "Hello there, this is a short test of streaming speech.",
+    "The weather today is bright and clear with a light breeze.",
+    "Please hold on while I look up your order for you.",
+    "Thank you for calling, how can I help you this morning?",
+]
+PROMPT_TEXT = "This is the prompt recording for the benchmark."
+RATE = 24000
+NO_SPLIT = {"first_clause_chars": 10_000, "clause_chars": 10_000, "max_chars": 10_000}
+
+
+def prompt_audio(seconds: float = 2.0, rate: int = 16000) -> Audio:
+    t = np.arange(int(seconds * rate)) / rate
+    pitch = 140 + 30 * np.sin(2 * np.pi * 1.5 * t)
+    wave = sum(0.3 / k * np.sin(2 * np.pi * k * np.cumsum(pitch) / rate) for k in range(1, 6))
+    wave = wave + 0.01 * np.random.default_rng(0).standard_normal(len(t))
+    return Audio(wave.astype(np.float32), rate)
+
+
+@dataclass
+class Stream:
+    start: float
+    chunks: list[tuple[float, int]] = field(default_factory=list)  # (arrival, samples)
+
+    @property
+    def first(self) -> float:
+        return self.chunks[0][0] - self.start
+
+    @property
+    def audio(self) -> float:
+        return sum(n for _, n in self.chunks) / RATE
+
+    @property
+    def end(self) -> float:
+        return self.chunks[-1][0]
+
+    def underrun(self, lead: float) -> float:
+        """Seconds of silence for a listener who starts ``lead`` after the first chunk."""
+        gap, playing_until = 0.0, self.chunks[0][0] + lead
+        for arrival, samples in self.chunks:
+            if arrival > playing_until:
+                gap += arrival - playing_until
+                playing_until = arrival
+            playing_until += samples / RATE
+        return gap
+
+
+@dataclass
+class Level:
+    concurrency: int
+    streams: list[Stream]
+    lag: list[float] = field(default_factory=list)
+
+    def summary(self, lead: float) -> dict:
+        firsts = sorted(s.first for s in self.streams)
+        wall = max(s.end for s in self.streams) - min(s.start for s in self.streams)
+        out = {
+            "first_p50": percentile(firsts, 50),
+            "first_p95": percentile(firsts, 95),
+            "rtf": statistics.median((s.end - s.start) / s.audio for s in self.streams),
+            "throughput": sum(s.audio for s in self.streams) / wall,
+            "underrun": max(s.underrun(lead) for s in self.streams),
+        }
+        if self.lag:
+            out.update(lag_p50=percentile(self.lag, 50), lag_p99=percentile(self.lag, 99), lag_max=max(self.lag))
+        return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    rank = (len(values) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return values[low] + (values[high] - values[low]) * (rank - low)
+
+
+# -- ours ---------------------------------------------------------------------------
+class Ours:
+    def __init__(self, model_dir: Path, args: argparse.Namespace, tokens: int) -> None:
+        runtime_tokens.token_limits = lambda text_len: (tokens, tokens)  # forced: random weights never stop
+        options = CosyVoiceOptions(
+            str(model_dir), device=args.device, normalize_text=False, threads=args.threads,
+            first_hop=args.first_hop, max_batch=args.max_batch,
+        )
+        self.engine = CosyVoiceEngine(options, clause_options=NO_SPLIT)
+        self.voice: SavedVoice | None = None
+
+    async def start(self) -> None:
+        await self.engine.start()
+        loop = asyncio.get_running_loop()
+        voice = SavedVoice(id="bench", prompt_audio=prompt_audio(), prompt_text=PROMPT_TEXT)
+        features = await loop.run_in_executor(self.engine._executor, self.engine.prompt_features, voice.prompt_audio)
+        voice.remember(self.engine.feature_key, features)
+        self.voice = voice
+
+    def request(self, i: int) -> SynthesisRequest:
+        return SynthesisRequest(text=TEXTS[i % len(TEXTS)], mode=Mode.ZERO_SHOT, saved_voice=self.voice, seed=i + 1)
+
+    async def reference_inputs(self, requests: int) -> list[dict]:
+        """The exact model inputs each request gets, for the reference to use."""
+        loop = asyncio.get_running_loop()
+        out = []
+        for i in range(requests):
+            prompt, texts = await loop.run_in_executor(self.engine._executor, self.engine._prepare, self.request(i))
+            (text,) = texts
+            out.append({
+                "text": text.cpu(), "prompt_text": prompt.prompt_text.cpu(), "prompt_tokens": prompt.flow_speech.cpu(),
+                "prompt_feat": prompt.flow_feat.cpu(), "embedding": prompt.flow_embedding.cpu(),
+            })
+        return out
+
+    async def level(self, concurrency: int) -> Level:
+        lags: list[float] = []
+        running = True
+
+        async def ticker() -> None:
+            while running:
+                before = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lags.append(time.perf_counter() - before - 0.01)
+
+        async def one(i: int) -> Stream:
+            record = Stream(time.monotonic())
+            async for chunk in self.engine.synthesize(self.request(i)):
+                record.chunks.append((time.monotonic(), len(chunk)))
+            return record
+
+        tick = asyncio.create_task(ticker())
+        streams = await asyncio.gather(*(one(i) for i in range(concurrency)))
+        running = False
+        await tick
+        return Level(concurrency, list(streams), lags)
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+
+# -- the reference -----------------------------------------------------------------
+def reference_levels(python: str, model_dir: Path, inputs: list[dict], tokens: int, levels: list[int], threads: int) -> list[Level]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "inputs.pt"
+        torch.save({"model_dir": str(model_dir), "requests": inputs, "tokens": tokens, "concurrency": levels,
+                    "threads": threads}, path)
+        script = ROOT / "tools" / "cosyvoice_reference_stream.py"
+        done = subprocess.run([python, str(script), "--inputs", str(path)], cwd="/", capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the reference run failed:\n{done.stderr[-3000:]}")
+    out = []
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            data = json.loads(line)
+            streams = [Stream(s["start"], [tuple(c) for c in s["chunks"]]) for s in data["streams"]]
+            out.append(Level(data["concurrency"], streams))
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------
+async def search(measure, most: int, lead: float) -> tuple[int, dict[int, float]]:
+    """The largest N in 1 .. ``most`` whose streams all play without underrun (doubling, then bisecting)."""
+    seen: dict[int, float] = {}
+
+    async def clean(n: int) -> bool:
+        level = await measure(n)
+        seen[n] = max(s.underrun(lead) for s in level.streams)
+        return seen[n] == 0.0
+
+    good, bad = 0, None
+    n = 1
+    while n <= most and await clean(n):
+        good, n = n, n * 2
+    bad = n if n <= most else None
+    while bad is not None and bad - good > 1:
+        middle = (good + bad) // 2
+        if await clean(middle):
+            good = middle
+        else:
+            bad = middle
+    return good, seen
+
+
+async def bench_size(size: str, model_dir: Path, tokens: int, args: argparse.Namespace) -> dict:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    ours = Ours(model_dir, args, tokens)
+    await ours.start()
+    await ours.level(1)  # warm
+    our_levels = {c: await ours.level(c) for c in levels}
+    stats = ours.engine.scheduler.stats
+    most = args.search_tiny if size == "tiny" else args.search_full
+    largest, tried = (await search(ours.level, most, args.lead)) if most else (None, {})
+    inputs = await ours.reference_inputs(max(levels))
+    await ours.close()
+    result = {
+        "size": size, "tokens": tokens, "ours": {c: lvl.summary(args.lead) for c, lvl in our_levels.items()},
+        "largest_clean_n": largest, "search": tried, "batches": {
+            "tokens_per_step": stats.tokens / max(1, stats.token_steps), "largest_token_batch": stats.largest_token_batch,
+            "sessions_per_render": stats.rendered_sessions / max(1, stats.render_calls),
+            "largest_render_batch": stats.largest_render_batch,
+        },
+    }
+    if args.reference_python:
+        theirs = reference_levels(args.reference_python, model_dir, inputs, tokens, levels, args.threads)
+        result["theirs"] = {lvl.concurrency: lvl.summary(args.lead) for lvl in theirs}
+    return result
+
+
+def report(result: dict) -> None:
+    print(f"\n== {result['size']} checkpoint, {result['tokens']} forced speech tokens "
+          f"({result['tokens'] / 25:.1f} s of audio per stream) ==")
+    head = f"{'':>5} {'':>10} {'first p50':>10} {'first p95':>10} {'RTF p50':>8} {'audio s/s':>10} {'underrun':>9}"
+    print(head)
+    for c, ours in result["ours"].items():
+        rows = [("ours", ours)]
+        theirs = result.get("theirs", {}).get(c)
+        if theirs:
+            rows.append(("reference", theirs))
+        for name, s in rows:
+            print(f"{'c=' + str(c):>5} {name:>10} {s['first_p50']:>9.3f}s {s['first_p95']:>9.3f}s {s['rtf']:>8.2f} "
+                  f"{s['throughput']:>10.3f} {s['underrun']:>8.2f}s")
+        if theirs:
+            print(f"{'':>5} {'ours/ref':>10} {ours['first_p50'] / theirs['first_p50']:>10.2f} "
+                  f"{ours['first_p95'] / theirs['first_p95']:>10.2f} {ours['rtf'] / theirs['rtf']:>8.2f} "
+                  f"{ours['throughput'] / theirs['throughput']:>10.2f}")
+        print(f"{'':>5} event loop lag (ours): p50 {ours['lag_p50'] * 1000:.1f} ms, p99 {ours['lag_p99'] * 1000:.1f} ms, "
+              f"max {ours['lag_max'] * 1000:.1f} ms")
+    if result["largest_clean_n"] is not None:
+        print(f"largest number of concurrent streams without underrun (ours): {result['largest_clean_n']} "
+              f"(max underrun by N: {json.dumps({n: round(u, 2) for n, u in sorted(result['search'].items())})})")
+    b = result["batches"]
+    print(f"batching: {b['tokens_per_step']:.1f} sessions per LLM step (largest {b['largest_token_batch']}), "
+          f"{b['sessions_per_render']:.2f} per flow/vocoder call (largest {b['largest_render_batch']})")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,full")
+    parser.add_argument("--concurrency", default="1,4")
+    parser.add_argument("--tokens-tiny", type=int, default=100)
+    parser.add_argument("--tokens-full", type=int, default=50)
+    parser.add_argument("--search-tiny", type=int, default=64, help="largest N tried in the no-underrun search (0: skip)")
+    parser.add_argument("--search-full", type=int, default=0)
+    parser.add_argument("--full-dir", default=str(Path(tempfile.gettempdir()) / "cosyvoice-bench" / "full_v2"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, for both implementations")
+    parser.add_argument("--first-hop", type=int, default=CosyVoiceOptions.first_hop)
+    parser.add_argument("--max-batch", type=int, default=CosyVoiceOptions.max_batch)
+    parser.add_argument("--lead", type=float, default=0.1, help="seconds a listener buffers before playing")
+    parser.add_argument("--reference-python", default="/work/refvenv/bin/python",
+                        help="the reference venv's python ('' to skip the reference)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if args.reference_python and not Path(args.reference_python).exists():
+        raise SystemExit(f"{args.reference_python} not found: build it with tools/cosyvoice_reference_venv.sh, "
+                         "or pass --reference-python ''")
+    print(f"load average before: {os.getloadavg()}, cores: {os.cpu_count()}, torch threads: {args.threads}, "
+          f"device: {'cuda' if torch.cuda.is_available() and args.device != 'cpu' else 'cpu'}")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            if size == "tiny":
+                model_dir, tokens = make_model(Path(tmp) / "tiny_v2", "v2", "tiny", seed=0), args.tokens_tiny
+            else:
+                model_dir, tokens = Path(args.full_dir), args.tokens_full
+                if not (model_dir / "llm.pt").exists():
+                    print(f"making the full-size random checkpoint in {model_dir} ...")
+                    make_model(model_dir, "v2", "full", seed=0)
+            result = await bench_size(size, model_dir, tokens, args)
+            report(result)
+            results.append(result)
+    print(f"\nload average after: {os.getloadavg()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
