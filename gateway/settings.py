@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,7 +45,11 @@ class CosyVoiceSettings(Section):
     threads: int = Field(0, ge=0)
     onnx_threads: int = Field(1, ge=1)
     first_hop: int = Field(25, ge=1)
-    max_hop: int = Field(100, ge=1)
+    max_hop: int = Field(100, ge=25)
+    llm_backend: Literal["torch", "vllm"] = "torch"
+    max_batch: int = Field(16, ge=1, le=1024)
+    prefill_chunk: int = Field(64, ge=1)
+    vllm_memory: float = Field(0.5, gt=0, le=1)
 
 
 class EmbeddedSettings(Section):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -145,9 +146,12 @@ class CosyVoiceEngine(Engine):
 
     def _token_stage(self, c: Components) -> TokenStage:
         if self.options.llm_backend == "vllm":
-            from cosyvoice.runtime.vllm import VllmTokens  # imported here: vllm is an optional extra
+            from cosyvoice.runtime.vllm import VllmTokens
 
-            return VllmTokens(c, gpu_memory_utilization=self.options.vllm_memory)
+            llm_file = c.directory / "llm.pt"
+            signature = zlib.crc32(repr((str(c.directory), llm_file.stat().st_size, llm_file.stat().st_mtime_ns)).encode())
+            export = Path(tempfile.gettempdir()) / "cosyvoice-vllm" / f"{self._feature_key}.{signature:08x}"
+            return VllmTokens(c.llm, export, gpu_memory_utilization=self.options.vllm_memory)
         if self.options.llm_backend != "torch":
             raise ValueError(f"llm_backend must be 'torch' or 'vllm', not {self.options.llm_backend!r}")
         return TorchTokens(c.llm, prefill_chunk=self.options.prefill_chunk)
