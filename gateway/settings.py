@@ -50,6 +50,7 @@ class CosyVoiceSettings(Section):
     max_batch: int = Field(16, ge=1, le=1024)
     prefill_chunk: int = Field(64, ge=1)
     vllm_memory: float = Field(0.5, gt=0, le=1)
+    prompt_cache_mb: int = Field(1024, ge=0)
 
 
 class EmbeddedSettings(Section):

@@ -32,6 +32,7 @@ from cosyvoice.model.frontend import MAX_PROMPT_SECONDS, TextNormalizer
 from cosyvoice.model.loader import Components, load_model
 from cosyvoice.model.pipeline import ModeInputs, fixed_draws, prompt_features
 from cosyvoice.model.tokenizer import END_OF_PROMPT
+from cosyvoice.runtime.prompt_cache import PromptCache
 from cosyvoice.runtime.render import FlowRenderer, Renderer, WindowRenderer
 from cosyvoice.runtime.schedule import HopSchedule
 from cosyvoice.runtime.scheduler import Scheduler, TokenStage
@@ -62,6 +63,7 @@ class CosyVoiceOptions:
     max_batch: int = 16  # the most sessions in one flow/vocoder batch
     prefill_chunk: int = 64  # prompt positions prefilled per LLM step while other sessions decode
     vllm_memory: float = 0.5  # the GPU memory fraction vLLM may take (llm_backend = vllm)
+    prompt_cache_mb: int = 1024  # flow state after saved voices' prompts, kept for their next sessions (0: off)
 
 
 def resolve_device(device: str) -> str:
@@ -132,8 +134,10 @@ class CosyVoiceEngine(Engine):
         self._feature_key = f"cosyvoice-v{c.generation}.{safe_name}.{digest:08x}"
         renderer = self._renderer(c)
         _warm_up(c, renderer)
+        cores = os.cpu_count() or 1
         self.scheduler = Scheduler(
-            self._token_stage(c), renderer, sample_rate=c.sample_rate, max_batch=self.options.max_batch
+            self._token_stage(c), renderer, sample_rate=c.sample_rate, max_batch=self.options.max_batch,
+            render_threads=(torch.get_num_threads(), cores) if device == "cpu" else None,
         )
         self.scheduler.start()
         log.info("CosyVoice v%d ready on %s: modes %s", c.generation, device, sorted(m.value for m in modes))
@@ -142,7 +146,8 @@ class CosyVoiceEngine(Engine):
         if c.generation == 1:
             return WindowRenderer(c)
         schedule = HopSchedule(c.flow.chunk_tokens, self.options.first_hop, self.options.max_hop)
-        return FlowRenderer(c, schedule, fixed_draws(c.hift) if c.generation == 3 else None)
+        cache = PromptCache(self.options.prompt_cache_mb << 20) if self.options.prompt_cache_mb > 0 else None
+        return FlowRenderer(c, schedule, fixed_draws(c.hift) if c.generation == 3 else None, cache)
 
     def _token_stage(self, c: Components) -> TokenStage:
         if self.options.llm_backend == "vllm":

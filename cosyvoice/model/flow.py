@@ -17,7 +17,7 @@ a :class:`FlowSession`, and the noise taken at the frames' absolute positions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -232,6 +232,16 @@ class FlowSession:
     def nbytes(self) -> int:
         kv = sum(k.numel() * k.element_size() * 2 for k, _ in filter(None, self.encoder.kv))
         return kv + self.estimator.nbytes
+
+    def snapshot(self) -> FlowSession:
+        """A compact copy of a streamed session with nothing pending, for :meth:`fork` (a prompt cache)."""
+        if self.pending is not None or not self.streaming:
+            raise ValueError("only a streamed session with nothing pending can be copied")
+        return replace(self, encoder=replace(self.encoder, kv=list(self.encoder.kv)), estimator=self.estimator.snapshot())
+
+    def fork(self) -> FlowSession:
+        """A new session that continues from this one, sharing its tensors (nothing is modified in place)."""
+        return replace(self, encoder=replace(self.encoder, kv=list(self.encoder.kv)), estimator=self.estimator.fork())
 
 
 class _CausalFlow(_Flow):

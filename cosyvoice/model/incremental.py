@@ -30,10 +30,12 @@ class KVBuffer:
 
     __slots__ = ("keys", "values", "length")
 
-    def __init__(self) -> None:
-        self.keys: Tensor | None = None
-        self.values: Tensor | None = None
-        self.length = 0
+    def __init__(self, keys: Tensor | None = None, values: Tensor | None = None) -> None:
+        """Empty, or holding exactly ``keys``/``values`` (which are then shared until the first extension
+        copies them into a larger buffer: extending never writes into tensors it did not allocate)."""
+        self.keys = keys
+        self.values = values
+        self.length = 0 if keys is None else keys.size(2)
 
     def extend(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Append ``[R, H, T, d]`` keys/values; return views of all ``length`` positions."""
@@ -64,6 +66,22 @@ class SessionState:
     def __init__(self) -> None:
         self.tails: dict[Hashable, Tensor] = {}
         self.kv: dict[Hashable, KVBuffer] = {}
+
+    def snapshot(self) -> SessionState:
+        """A compact copy (keys/values cut to their length) that :meth:`fork` can hand out many times."""
+        copy = SessionState()
+        copy.tails = dict(self.tails)  # tails are replaced, never modified
+        for key, buffer in self.kv.items():
+            end = buffer.length
+            copy.kv[key] = KVBuffer(buffer.keys[:, :, :end].clone(), buffer.values[:, :, :end].clone())
+        return copy
+
+    def fork(self) -> SessionState:
+        """A new state that starts where this one is, sharing its tensors (see :class:`KVBuffer`)."""
+        copy = SessionState()
+        copy.tails = dict(self.tails)
+        copy.kv = {key: KVBuffer(buffer.keys, buffer.values) for key, buffer in self.kv.items()}
+        return copy
 
     @property
     def nbytes(self) -> int:

@@ -27,6 +27,7 @@ from cosyvoice.model.flow import FlowCarry, FlowSession
 from cosyvoice.model.hift import SourceDraws
 from cosyvoice.model.loader import Components
 from cosyvoice.model.vocoder import CausalVocoder, CausalVocoderSession, HiftStream, vocode
+from cosyvoice.runtime.prompt_cache import PromptCache
 from cosyvoice.runtime.schedule import HopSchedule
 from cosyvoice.runtime.session import Session
 
@@ -51,28 +52,44 @@ class _Flowing:
     hop: int  # that chunk's hop
     first: bool = True  # the next audio chunk is the first
     finished: bool = False
+    cache_key: str | None = None  # store the state after the prompt's own chunks under this key
 
 
 class FlowRenderer:
     """v2/v3: hop-scheduled chunks through the incremental flow and the chunked vocoder.
 
-    A streamed session's prompt goes through the flow as soon as the lookahead
-    after its last whole 25-token chunk is known (at once for most prompts,
-    else after the first 3 speech tokens), while the LLM is still working on
-    the first hop; the first audio chunk then solves exactly one chunk.
+    A streamed session's prompt goes through the flow before any speech token
+    is needed, up to its last whole 25-token chunk whose lookahead is still in
+    the prompt (or comes from the prompt cache); the rest of its whole chunks
+    follow once the first 3 speech tokens are known, while the LLM is still
+    working on the first hop. The first audio chunk then solves one chunk.
     """
 
-    def __init__(self, components: Components, schedule: HopSchedule, draws: SourceDraws | None = None) -> None:
+    def __init__(
+        self, components: Components, schedule: HopSchedule, draws: SourceDraws | None = None,
+        prompt_cache: PromptCache | None = None,
+    ) -> None:
         self.c = components
         self.schedule = schedule
         self.causal = CausalVocoder(components.hift, draws) if components.generation == 3 else None
+        self.prompt_cache = prompt_cache
 
     def open(self, session: Session) -> None:
         p = session.prompt
-        flow = self.c.flow.begin(p.flow_feat, p.flow_embedding, streaming=not _whole(session))
-        vocoder = self.causal.begin() if self.causal else HiftStream(self.c.hift, session.generator)
         prompt, hop = p.flow_speech.numel(), self.schedule.first(p.flow_speech.numel())
-        session.render = _Flowing(flow, vocoder, prompt + hop, hop)
+        flow, key = None, None
+        if self.prompt_cache is not None and not _whole(session) and self._prompt_own(prompt):
+            key = self.prompt_cache.key(p)
+            flow = self.prompt_cache.get(key)
+        if flow is None:
+            flow = self.c.flow.begin(p.flow_feat, p.flow_embedding, streaming=not _whole(session))
+        vocoder = self.causal.begin() if self.causal else HiftStream(self.c.hift, session.generator)
+        session.render = _Flowing(flow, vocoder, prompt + hop, hop, cache_key=key if flow.tokens == 0 else None)
+
+    def _prompt_own(self, prompt: int) -> int:
+        """The prompt's whole chunks whose lookahead is still prompt: what the prompt alone decides."""
+        chunk = self.schedule.chunk
+        return max(0, prompt - self.c.flow.lookahead) // chunk * chunk
 
     def finished(self, session: Session) -> bool:
         return session.render.finished
@@ -88,7 +105,9 @@ class FlowRenderer:
         if _whole(session):
             return (known, True) if session.llm_done else None
         lookahead = self.c.flow.lookahead
-        prompt_chunks = prompt - prompt % self.schedule.chunk
+        own, prompt_chunks = self._prompt_own(prompt), prompt - prompt % self.schedule.chunk
+        if state.flow.tokens < own:
+            return own, False
         if state.flow.tokens < prompt_chunks and known >= prompt_chunks + lookahead:
             return prompt_chunks, False
         if known >= state.next_end + lookahead:
@@ -115,6 +134,11 @@ class FlowRenderer:
             state.finished = final
             finals.append(final)
         mels = flow.render([s.render.flow for s in sessions], self.c.noise)
+        for session in sessions:
+            state = session.render
+            if state.cache_key is not None and state.flow.tokens == self._prompt_own(session.prompt.flow_speech.numel()):
+                self.prompt_cache.put(state.cache_key, state.flow)
+                state.cache_key = None
         audible = [i for i, (mel, final) in enumerate(zip(mels, finals)) if mel.size(2) or final]
         waves = [np.zeros(0, dtype=np.float32)] * len(sessions)
         if audible:

@@ -87,11 +87,17 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, tokens: TokenStage, renderer: Renderer, *, sample_rate: int, max_batch: int = 16) -> None:
+    def __init__(
+        self, tokens: TokenStage, renderer: Renderer, *, sample_rate: int, max_batch: int = 16,
+        render_threads: tuple[int, int] | None = None,
+    ) -> None:
+        """``render_threads`` (CPU): torch threads for the render worker while the token stage works, and
+        while it is idle (then the render worker can have every core)."""
         self.tokens = tokens
         self.renderer = renderer
         self.sample_rate = sample_rate
         self.max_batch = max_batch
+        self.render_threads = render_threads
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
         self._closed = False
@@ -199,6 +205,8 @@ class Scheduler:
                 if ready is None:
                     return
                 batch, frames = self._choose(ready)
+                if self.render_threads:
+                    torch.set_num_threads(self.render_threads[0 if self.tokens.active else 1])
                 started = time.monotonic()
                 try:
                     chunks = self.renderer.render(batch)

@@ -95,7 +95,9 @@ async def test_cancel_frees_the_session_at_once(engine):
     await stream.__anext__()
     assert engine.busy >= 1  # clauses in flight (the next one starts its LLM early)
     stream.cancel()
-    await asyncio.sleep(0.3)  # the workers drop it before their next step
+    deadline = time.monotonic() + 2  # the workers drop it before their next step (a render call may be running)
+    while (engine.busy or scheduler.tokens.active) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     assert engine.busy == 0 and scheduler.tokens.active == 0
     assert not scheduler.tokens.batch.states  # its rows of the batched KV cache are free
     settled = scheduler.stats.tokens

@@ -288,3 +288,43 @@ def test_batches_follow_urgency_and_cost():
     later = type("S", (), {"deadline": now + 120})()
     batch, _ = scheduler._choose([later, playing])
     assert batch == [playing, later]
+
+
+def test_prompt_cache_skips_the_prompt_and_changes_nothing(models):
+    """A second session with the same prompt starts from the cached state after the prompt's own chunks
+    (here the first 50 of 60 tokens) and streams what it would have streamed without the cache."""
+    from cosyvoice.model.pipeline import ModeInputs
+    from cosyvoice.runtime.prompt_cache import PromptCache
+    from cosyvoice.runtime.render import FlowRenderer
+    from cosyvoice.runtime.session import Session
+
+    model = models[3]
+    prompt, feat, embedding, _ = inputs(7, prompt_tokens=60)
+    draws = fixed_draws(model.hift, seconds=10.0)
+    empty = torch.zeros(0, dtype=torch.long)
+    cache = PromptCache(1 << 30)
+
+    def stream(renderer, tokens):
+        session = Session(ModeInputs(empty, empty, None, prompt, feat, embedding), None, lambda item: None, generation=3)
+        renderer.open(session)
+        first_positions = session.render.flow.tokens
+        chunks = []
+        for token in tokens + [None]:
+            if token is None:
+                session.llm_done = True
+            else:
+                session.tokens.append(token)
+            while renderer.next_chunk(session) is not None:
+                chunks.append(torch.from_numpy(renderer.render([session])[0]))
+        return first_positions, torch.cat(chunks)
+
+    cached = FlowRenderer(model, HopSchedule(25, 5, 100), draws, cache)
+    plain = FlowRenderer(model, HopSchedule(25, 5, 100), draws)
+    gen = torch.Generator().manual_seed(8)
+    first, second = (torch.randint(0, 200, (70,), generator=gen).tolist() for _ in range(2))
+    assert stream(cached, first)[0] == 0 and cache.hits == 0 and len(cache.entries) == 1
+    start, audio = stream(cached, second)
+    assert start == 50 and cache.hits == 1
+    assert error(audio, stream(plain, second)[1]) < VOCODER_TOL
+    other = inputs(9, prompt_tokens=60)  # another voice does not hit
+    assert PromptCache.key(ModeInputs(empty, empty, None, other[0], other[1], other[2])) not in cache.entries
