@@ -6,7 +6,7 @@
 For each model size (``tiny``: the test checkpoints; ``full``: random weights
 with CosyVoice2-0.5B's exact shapes, made by tools/make_cosyvoice_model.py if
 ``--full-dir`` does not hold one), this runs zero-shot streaming requests
-(a 2 s prompt, the same short texts, a forced number of speech tokens since a
+(a 2 s saved-voice prompt, the same short texts, a forced number of speech tokens since a
 random-weight model never stops) through the gateway's engine in this process,
 then the same inputs through upstream's streaming in the isolated reference
 venv (tools/cosyvoice_reference_stream.py, a separate process, one after the
@@ -129,15 +129,16 @@ class Ours:
         runtime_tokens.token_limits = lambda text_len: (tokens, tokens)  # forced: random weights never stop
         options = CosyVoiceOptions(
             str(model_dir), device=args.device, normalize_text=False, threads=args.threads,
-            first_hop=args.first_hop, max_batch=args.max_batch,
+            first_hop=args.first_hop, max_batch=args.max_batch, prompt_cache_mb=args.prompt_cache_mb,
         )
         self.engine = CosyVoiceEngine(options, clause_options=NO_SPLIT)
+        self.prompt_seconds = args.prompt_seconds
         self.voice: SavedVoice | None = None
 
     async def start(self) -> None:
         await self.engine.start()
         loop = asyncio.get_running_loop()
-        voice = SavedVoice(id="bench", prompt_audio=prompt_audio(), prompt_text=PROMPT_TEXT)
+        voice = SavedVoice(id="bench", prompt_audio=prompt_audio(self.prompt_seconds), prompt_text=PROMPT_TEXT)
         features = await loop.run_in_executor(self.engine._executor, self.engine.prompt_features, voice.prompt_audio)
         voice.remember(self.engine.feature_key, features)
         self.voice = voice
@@ -293,6 +294,8 @@ async def main() -> None:
     parser.add_argument("--first-hop", type=int, default=CosyVoiceOptions.first_hop)
     parser.add_argument("--max-batch", type=int, default=CosyVoiceOptions.max_batch)
     parser.add_argument("--lead", type=float, default=0.1, help="seconds a listener buffers before playing")
+    parser.add_argument("--prompt-seconds", type=float, default=2.0, help="the voice prompt's length (25 tokens/s)")
+    parser.add_argument("--prompt-cache-mb", type=int, default=CosyVoiceOptions.prompt_cache_mb)
     parser.add_argument("--reference-python", default="/work/refvenv/bin/python",
                         help="the reference venv's python ('' to skip the reference)")
     parser.add_argument("--json", help="also write the results here")

@@ -134,10 +134,11 @@ class CosyVoiceEngine(Engine):
         self._feature_key = f"cosyvoice-v{c.generation}.{safe_name}.{digest:08x}"
         renderer = self._renderer(c)
         _warm_up(c, renderer)
-        cores = os.cpu_count() or 1
+        # a CPU renders sessions side by side, one per core; a GPU does better with one worker's batches
+        workers = 1 if device.startswith("cuda") else max(1, (os.cpu_count() or 1) // torch.get_num_threads())
         self.scheduler = Scheduler(
             self._token_stage(c), renderer, sample_rate=c.sample_rate, max_batch=self.options.max_batch,
-            render_threads=(torch.get_num_threads(), cores) if device == "cpu" else None,
+            render_workers=workers,
         )
         self.scheduler.start()
         log.info("CosyVoice v%d ready on %s: modes %s", c.generation, device, sorted(m.value for m in modes))

@@ -6,12 +6,14 @@ the same work every time: this cache keeps a compact copy of the flow state
 after it (keys/values of every solver step and layer: about 4.6 MB per mel
 frame for CosyVoice2-0.5B in float32, so ~1.2 GB for a 6 s prompt) and hands
 each new session with the same prompt mel, tokens and speaker a fork of it.
-Least recently used entries go first when the budget is exceeded.
+Least recently used entries go first when the budget is exceeded. Safe to
+use from several render workers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 from cosyvoice.model.flow import FlowSession
@@ -23,6 +25,7 @@ class PromptCache:
         self.budget = budget_bytes
         self.entries: OrderedDict[str, FlowSession] = OrderedDict()
         self.hits = 0
+        self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
@@ -37,18 +40,20 @@ class PromptCache:
         return digest.hexdigest()
 
     def get(self, key: str) -> FlowSession | None:
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        self.entries.move_to_end(key)
-        self.hits += 1
+        with self._lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                return None
+            self.entries.move_to_end(key)
+            self.hits += 1
         return entry.fork()
 
     def put(self, key: str, session: FlowSession) -> None:
         entry = session.snapshot()
         if entry.nbytes > self.budget:
             return
-        self.entries[key] = entry
-        self.entries.move_to_end(key)
-        while self.nbytes > self.budget:
-            self.entries.popitem(last=False)
+        with self._lock:
+            self.entries[key] = entry
+            self.entries.move_to_end(key)
+            while self.nbytes > self.budget:
+                self.entries.popitem(last=False)

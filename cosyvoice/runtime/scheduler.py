@@ -1,9 +1,10 @@
-"""The scheduler: two worker threads serve every session in flight.
+"""The scheduler: worker threads serve every session in flight.
 
 * The token worker runs the language-model stage: each step, one prefill chunk
   for a waiting session, then one token for every running session in one
   batched pass (continuous batching).
-* The render worker takes the ready session closest to running out of audio
+* A render worker (one per core on a CPU, one on a GPU; each takes disjoint
+  sessions) takes the ready session closest to running out of audio
   and renders its next chunk, together with the next most urgent ready
   sessions when that costs nothing: when the most urgent one still gets its
   audio in time, or when a separate call would cost more (its overhead) than
@@ -13,7 +14,7 @@
   arrival order; on a GPU, where a call's overhead dominates, they batch.
 
 All torch work runs on these threads, never on the event loop; on a CPU the
-two stages run side by side on two cores. Cancelling a session takes it out of
+stages run side by side on all cores. Cancelling a session takes it out of
 both workers before their next step and frees its caches; an exception in a
 step fails that step's sessions only.
 """
@@ -88,16 +89,12 @@ class SchedulerStats:
 
 class Scheduler:
     def __init__(
-        self, tokens: TokenStage, renderer: Renderer, *, sample_rate: int, max_batch: int = 16,
-        render_threads: tuple[int, int] | None = None,
+        self, tokens: TokenStage, renderer: Renderer, *, sample_rate: int, max_batch: int = 16, render_workers: int = 1
     ) -> None:
-        """``render_threads`` (CPU): torch threads for the render worker while the token stage works, and
-        while it is idle (then the render worker can have every core)."""
         self.tokens = tokens
         self.renderer = renderer
         self.sample_rate = sample_rate
         self.max_batch = max_batch
-        self.render_threads = render_threads
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
         self._closed = False
@@ -105,10 +102,12 @@ class Scheduler:
         self._joining: list[Session] = []  # for the token stage
         self._leaving: list[Session] = []  # out of the token stage
         self._decoding: set[Session] = set()
+        self._rendering: set[Session] = set()  # claimed by a render worker
         self.cost = RenderCost()
-        self._threads = [
-            threading.Thread(target=self._token_worker, name="cosyvoice-tokens", daemon=True),
-            threading.Thread(target=self._render_worker, name="cosyvoice-render", daemon=True),
+        self._threads = [threading.Thread(target=self._token_worker, name="cosyvoice-tokens", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._render_worker, name=f"cosyvoice-render-{i}", daemon=True)
+            for i in range(render_workers)
         ]
 
     @property
@@ -202,11 +201,10 @@ class Scheduler:
                     while ready is not None and not ready:
                         self._cond.wait()
                         ready = self._ready()
-                if ready is None:
-                    return
-                batch, frames = self._choose(ready)
-                if self.render_threads:
-                    torch.set_num_threads(self.render_threads[0 if self.tokens.active else 1])
+                    if ready is None:
+                        return
+                    batch, frames = self._choose(ready)
+                    self._rendering.update(batch)
                 started = time.monotonic()
                 try:
                     chunks = self.renderer.render(batch)
@@ -214,22 +212,29 @@ class Scheduler:
                     log.exception("CosyVoice render step failed")
                     for session in batch:
                         self._fail(session, error)
-                    continue
-                self._learn(time.monotonic() - started, frames, len(batch))
-                for session, chunk in zip(batch, chunks):
+                    chunks = None
+                elapsed = time.monotonic() - started
+                for session, chunk in zip(batch, chunks or ()):  # still claimed: chunks leave in order
                     if session.cancelled:
                         continue
                     session.emit(chunk, self.sample_rate)
                     if self.renderer.finished(session):
                         self._finish(session)
+                with self._cond:
+                    self._rendering.difference_update(batch)
+                    if chunks is not None:
+                        self._learn(elapsed, frames, len(batch))
+                    self._cond.notify_all()
 
     def _ready(self) -> list[Session] | None:
-        """Under the lock: sessions with a chunk to render (None once closed). Drops cancelled
+        """Under the lock: unclaimed sessions with a chunk to render (None once closed). Drops cancelled
         sessions, opens new ones and finishes those that ended without a token."""
         if self._closed:
             return None
         ready = []
         for session in list(self._live):
+            if session in self._rendering:
+                continue
             if session.cancelled:
                 self._live.remove(session)
                 session.render = None
