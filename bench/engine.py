@@ -6,11 +6,14 @@
 For each model size (``tiny``: the test checkpoints; ``full``: random weights
 with CosyVoice2-0.5B's exact shapes, made by tools/make_cosyvoice_model.py if
 ``--full-dir`` does not hold one), this runs zero-shot streaming requests
-(a 2 s saved-voice prompt, the same short texts, a forced number of speech tokens since a
-random-weight model never stops) through the gateway's engine in this process,
-then the same inputs through upstream's streaming in the isolated reference
-venv (tools/cosyvoice_reference_stream.py, a separate process, one after the
-other on the same machine). Each level starts all its streams at once.
+(four saved voices with 2.0 to 3.2 s prompts, four short texts, a forced
+number of speech tokens since a random-weight model never stops) through the
+gateway's engine in this process, and the same inputs through upstream's
+streaming in the isolated reference venv (tools/cosyvoice_reference_stream.py,
+a separate process that waits while ours runs). A level of concurrency N runs
+rounds of N streams started at once, ours and theirs alternating round by
+round so that both see the same background load; every voice is used once per
+repeat.
 
 Per implementation and concurrency it prints the time to first audio (p50 and
 p95), the real-time factor per stream, the aggregate throughput (seconds of
@@ -54,12 +57,15 @@ TEXTS = [
     "Please hold on while I look up your order for you.",
     "Thank you for calling, how can I help you this morning?",
 ]
+# Saved voices' prompt lengths: 50, 60, 70 and 80 speech tokens, which end 0, 15, 5 and 20 tokens
+# short of the flow's next 25-token boundary (what the first chunk must reach).
+VOICES = (2.0, 2.4, 2.8, 3.2)
 PROMPT_TEXT = "This is the prompt recording for the benchmark."
 RATE = 24000
 NO_SPLIT = {"first_clause_chars": 10_000, "clause_chars": 10_000, "max_chars": 10_000}
 
 
-def prompt_audio(seconds: float = 2.0, rate: int = 16000) -> Audio:
+def prompt_audio(seconds: float, rate: int = 16000) -> Audio:
     t = np.arange(int(seconds * rate)) / rate
     pitch = 140 + 30 * np.sin(2 * np.pi * 1.5 * t)
     wave = sum(0.3 / k * np.sin(2 * np.pi * k * np.cumsum(pitch) / rate) for k in range(1, 6))
@@ -97,23 +103,35 @@ class Stream:
 
 @dataclass
 class Level:
+    """The runs at one concurrency: rounds of that many streams started at once."""
+
     concurrency: int
-    streams: list[Stream]
+    rounds: list[list[Stream]] = field(default_factory=list)
     lag: list[float] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)
 
     def summary(self, lead: float) -> dict:
-        firsts = sorted(s.first for s in self.streams)
-        wall = max(s.end for s in self.streams) - min(s.start for s in self.streams)
+        streams = [s for r in self.rounds for s in r]
+        firsts = sorted(s.first for s in streams)
+        wall = sum(max(s.end for s in r) - min(s.start for s in r) for r in self.rounds)
         out = {
+            "streams": len(streams),
             "first_p50": percentile(firsts, 50),
             "first_p95": percentile(firsts, 95),
-            "rtf": statistics.median((s.end - s.start) / s.audio for s in self.streams),
-            "throughput": sum(s.audio for s in self.streams) / wall,
-            "underrun": max(s.underrun(lead) for s in self.streams),
+            "rtf": statistics.median((s.end - s.start) / s.audio for s in streams),
+            "throughput": sum(s.audio for s in streams) / wall,
+            "underrun": max(s.underrun(lead) for s in streams),
+            "load": statistics.mean(self.load) if self.load else None,
         }
         if self.lag:
             out.update(lag_p50=percentile(self.lag, 50), lag_p99=percentile(self.lag, 99), lag_max=max(self.lag))
         return out
+
+
+def rounds(concurrency: int, repeat: int) -> list[list[int]]:
+    """Request indices per round: every voice at least once per repeat."""
+    count = max(1, len(VOICES) // concurrency) * repeat
+    return [[(r * concurrency + j) % len(VOICES) for j in range(concurrency)] for r in range(count)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -132,25 +150,28 @@ class Ours:
             first_hop=args.first_hop, max_batch=args.max_batch, prompt_cache_mb=args.prompt_cache_mb,
         )
         self.engine = CosyVoiceEngine(options, clause_options=NO_SPLIT)
-        self.prompt_seconds = args.prompt_seconds
-        self.voice: SavedVoice | None = None
+        self.voices: list[SavedVoice] = []
 
     async def start(self) -> None:
         await self.engine.start()
         loop = asyncio.get_running_loop()
-        voice = SavedVoice(id="bench", prompt_audio=prompt_audio(self.prompt_seconds), prompt_text=PROMPT_TEXT)
-        features = await loop.run_in_executor(self.engine._executor, self.engine.prompt_features, voice.prompt_audio)
-        voice.remember(self.engine.feature_key, features)
-        self.voice = voice
+        for i, seconds in enumerate(VOICES):
+            voice = SavedVoice(id=f"bench-{i}", prompt_audio=prompt_audio(seconds), prompt_text=PROMPT_TEXT)
+            features = await loop.run_in_executor(self.engine._executor, self.engine.prompt_features, voice.prompt_audio)
+            voice.remember(self.engine.feature_key, features)
+            self.voices.append(voice)
+        for i in range(len(VOICES)):  # warm: lazy initialization, and each saved voice seen once
+            await self.run([i])
 
     def request(self, i: int) -> SynthesisRequest:
-        return SynthesisRequest(text=TEXTS[i % len(TEXTS)], mode=Mode.ZERO_SHOT, saved_voice=self.voice, seed=i + 1)
+        return SynthesisRequest(text=TEXTS[i % len(TEXTS)], mode=Mode.ZERO_SHOT, saved_voice=self.voices[i % len(VOICES)],
+                                seed=i + 1)
 
-    async def reference_inputs(self, requests: int) -> list[dict]:
+    async def reference_inputs(self) -> list[dict]:
         """The exact model inputs each request gets, for the reference to use."""
         loop = asyncio.get_running_loop()
         out = []
-        for i in range(requests):
+        for i in range(len(VOICES)):
             prompt, texts = await loop.run_in_executor(self.engine._executor, self.engine._prepare, self.request(i))
             (text,) = texts
             out.append({
@@ -159,15 +180,15 @@ class Ours:
             })
         return out
 
-    async def level(self, concurrency: int) -> Level:
-        lags: list[float] = []
+    async def run(self, requests: list[int], lags: list[float] | None = None) -> list[Stream]:
         running = True
 
         async def ticker() -> None:
             while running:
                 before = time.perf_counter()
                 await asyncio.sleep(0.01)
-                lags.append(time.perf_counter() - before - 0.01)
+                if lags is not None:
+                    lags.append(time.perf_counter() - before - 0.01)
 
         async def one(i: int) -> Stream:
             record = Stream(time.monotonic())
@@ -176,46 +197,66 @@ class Ours:
             return record
 
         tick = asyncio.create_task(ticker())
-        streams = await asyncio.gather(*(one(i) for i in range(concurrency)))
+        streams = await asyncio.gather(*(one(i) for i in requests))
         running = False
         await tick
-        return Level(concurrency, list(streams), lags)
+        return list(streams)
 
     async def close(self) -> None:
         await self.engine.close()
 
 
 # -- the reference -----------------------------------------------------------------
-def reference_levels(python: str, model_dir: Path, inputs: list[dict], tokens: int, levels: list[int], threads: int) -> list[Level]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "inputs.pt"
-        torch.save({"model_dir": str(model_dir), "requests": inputs, "tokens": tokens, "concurrency": levels,
-                    "threads": threads}, path)
+class Reference:
+    """Upstream's streaming in the isolated venv, as a separate process that waits between runs."""
+
+    def __init__(self, python: str, model_dir: Path, inputs: list[dict], tokens: int, threads: int) -> None:
+        self.folder = tempfile.TemporaryDirectory()
+        path = Path(self.folder.name) / "inputs.pt"
+        torch.save({"model_dir": str(model_dir), "requests": inputs, "tokens": tokens, "threads": threads}, path)
+        self.log = open(Path(self.folder.name) / "reference.log", "w+", encoding="utf-8")
         script = ROOT / "tools" / "cosyvoice_reference_stream.py"
-        done = subprocess.run([python, str(script), "--inputs", str(path)], cwd="/", capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"the reference run failed:\n{done.stderr[-3000:]}")
-    out = []
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            data = json.loads(line)
-            streams = [Stream(s["start"], [tuple(c) for c in s["chunks"]]) for s in data["streams"]]
-            out.append(Level(data["concurrency"], streams))
-    return out
+        self.process = subprocess.Popen(
+            [python, str(script), "--inputs", str(path)], cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log, text=True,
+        )
+
+    async def _line(self) -> str:
+        line = await asyncio.get_running_loop().run_in_executor(None, self.process.stdout.readline)
+        if not line:
+            self.log.seek(0)
+            raise SystemExit(f"the reference run failed:\n{self.log.read()[-3000:]}")
+        return line
+
+    async def ready(self) -> None:
+        while (await self._line()).strip() != "ready":
+            pass
+
+    async def run(self, requests: list[int]) -> list[Stream]:
+        self.process.stdin.write(json.dumps({"requests": requests}) + "\n")
+        self.process.stdin.flush()
+        while not (line := await self._line()).startswith("{"):
+            pass
+        return [Stream(s["start"], [tuple(c) for c in s["chunks"]]) for s in json.loads(line)["streams"]]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.log.close()
+        self.folder.cleanup()
 
 
 # -- the run ---------------------------------------------------------------------------
-async def search(measure, most: int, lead: float) -> tuple[int, dict[int, float]]:
+async def search(ours: Ours, most: int, lead: float) -> tuple[int, dict[int, float]]:
     """The largest N in 1 .. ``most`` whose streams all play without underrun (doubling, then bisecting)."""
     seen: dict[int, float] = {}
 
     async def clean(n: int) -> bool:
-        level = await measure(n)
-        seen[n] = max(s.underrun(lead) for s in level.streams)
+        streams = await ours.run([i % len(VOICES) for i in range(n)])
+        seen[n] = max(s.underrun(lead) for s in streams)
         return seen[n] == 0.0
 
-    good, bad = 0, None
-    n = 1
+    good, n = 0, 1
     while n <= most and await clean(n):
         good, n = n, n * 2
     bad = n if n <= most else None
@@ -232,31 +273,43 @@ async def bench_size(size: str, model_dir: Path, tokens: int, args: argparse.Nam
     levels = [int(c) for c in args.concurrency.split(",")]
     ours = Ours(model_dir, args, tokens)
     await ours.start()
-    await ours.level(1)  # warm
-    our_levels = {c: await ours.level(c) for c in levels}
+    reference = None
+    if args.reference_python:
+        reference = Reference(args.reference_python, model_dir, await ours.reference_inputs(), tokens, args.threads)
+        await reference.ready()
+    mine = {c: Level(c) for c in levels}
+    theirs = {c: Level(c) for c in levels}
+    for c in levels:  # ours and theirs alternate round by round, so both see the same background load
+        for requests in rounds(c, args.repeat):
+            mine[c].load.append(os.getloadavg()[0])
+            mine[c].rounds.append(await ours.run(requests, mine[c].lag))
+            if reference is not None:
+                theirs[c].load.append(os.getloadavg()[0])
+                theirs[c].rounds.append(await reference.run(requests))
+    if reference is not None:
+        reference.close()
     stats = ours.engine.scheduler.stats
     most = args.search_tiny if size == "tiny" else args.search_full
-    largest, tried = (await search(ours.level, most, args.lead)) if most else (None, {})
-    inputs = await ours.reference_inputs(max(levels))
+    largest, tried = (await search(ours, most, args.lead)) if most else (None, {})
     await ours.close()
     result = {
-        "size": size, "tokens": tokens, "ours": {c: lvl.summary(args.lead) for c, lvl in our_levels.items()},
+        "size": size, "tokens": tokens, "ours": {c: lvl.summary(args.lead) for c, lvl in mine.items()},
         "largest_clean_n": largest, "search": tried, "batches": {
             "tokens_per_step": stats.tokens / max(1, stats.token_steps), "largest_token_batch": stats.largest_token_batch,
             "sessions_per_render": stats.rendered_sessions / max(1, stats.render_calls),
             "largest_render_batch": stats.largest_render_batch,
         },
     }
-    if args.reference_python:
-        theirs = reference_levels(args.reference_python, model_dir, inputs, tokens, levels, args.threads)
-        result["theirs"] = {lvl.concurrency: lvl.summary(args.lead) for lvl in theirs}
+    if reference is not None:
+        result["theirs"] = {c: lvl.summary(args.lead) for c, lvl in theirs.items()}
     return result
 
 
 def report(result: dict) -> None:
     print(f"\n== {result['size']} checkpoint, {result['tokens']} forced speech tokens "
-          f"({result['tokens'] / 25:.1f} s of audio per stream) ==")
-    head = f"{'':>5} {'':>10} {'first p50':>10} {'first p95':>10} {'RTF p50':>8} {'audio s/s':>10} {'underrun':>9}"
+          f"({result['tokens'] / 25:.1f} s of audio per stream), voices of {', '.join(map(str, VOICES))} s ==")
+    head = (f"{'':>5} {'':>10} {'first p50':>10} {'first p95':>10} {'RTF p50':>8} {'audio s/s':>10} {'underrun':>9}"
+            f" {'load':>5}")
     print(head)
     for c, ours in result["ours"].items():
         rows = [("ours", ours)]
@@ -265,7 +318,7 @@ def report(result: dict) -> None:
             rows.append(("reference", theirs))
         for name, s in rows:
             print(f"{'c=' + str(c):>5} {name:>10} {s['first_p50']:>9.3f}s {s['first_p95']:>9.3f}s {s['rtf']:>8.2f} "
-                  f"{s['throughput']:>10.3f} {s['underrun']:>8.2f}s")
+                  f"{s['throughput']:>10.3f} {s['underrun']:>8.2f}s {s['load']:>5.1f}")
         if theirs:
             print(f"{'':>5} {'ours/ref':>10} {ours['first_p50'] / theirs['first_p50']:>10.2f} "
                   f"{ours['first_p95'] / theirs['first_p95']:>10.2f} {ours['rtf'] / theirs['rtf']:>8.2f} "
@@ -284,6 +337,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="tiny,full")
     parser.add_argument("--concurrency", default="1,4")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per level (each covers every voice)")
     parser.add_argument("--tokens-tiny", type=int, default=100)
     parser.add_argument("--tokens-full", type=int, default=50)
     parser.add_argument("--search-tiny", type=int, default=64, help="largest N tried in the no-underrun search (0: skip)")
@@ -294,7 +348,6 @@ async def main() -> None:
     parser.add_argument("--first-hop", type=int, default=CosyVoiceOptions.first_hop)
     parser.add_argument("--max-batch", type=int, default=CosyVoiceOptions.max_batch)
     parser.add_argument("--lead", type=float, default=0.1, help="seconds a listener buffers before playing")
-    parser.add_argument("--prompt-seconds", type=float, default=2.0, help="the voice prompt's length (25 tokens/s)")
     parser.add_argument("--prompt-cache-mb", type=int, default=CosyVoiceOptions.prompt_cache_mb)
     parser.add_argument("--reference-python", default="/work/refvenv/bin/python",
                         help="the reference venv's python ('' to skip the reference)")

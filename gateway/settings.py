@@ -44,7 +44,7 @@ class CosyVoiceSettings(Section):
     normalize_text: bool = True
     threads: int = Field(0, ge=0)
     onnx_threads: int = Field(1, ge=1)
-    first_hop: int = Field(25, ge=1)
+    first_hop: int = Field(15, ge=1)
     max_hop: int = Field(100, ge=25)
     llm_backend: Literal["torch", "vllm"] = "torch"
     max_batch: int = Field(16, ge=1, le=1024)

@@ -7,13 +7,15 @@ Runs in the isolated reference venv (see tools/cosyvoice_reference_venv.sh), nev
 INPUTS.pt (written by bench/engine.py) names a v2 model directory and holds,
 per request, exactly the model inputs the gateway's engine uses (text and
 prompt-text token ids, prompt speech tokens, prompt mel, x-vector), the number
-of speech tokens to force (a random-weight model never stops on its own), the
-concurrency levels and the torch thread count. For each level the script
-starts that many requests at once, each in its own thread, the way upstream
+of speech tokens to force (a random-weight model never stops on its own) and
+the torch thread count. The script loads the model, prints ``ready`` and then
+serves commands, one JSON line each on stdin (``{"requests": [0, 1, 2, 3]}``):
+it starts those requests at once, each in its own thread, the way upstream
 serves concurrent requests (``CosyVoice2Model.tts(stream=True)``: an LLM
 thread per request, 0.1 s polling, every chunk's flow recomputed from the
-first token), and prints one JSON line per level: per stream the request
-start, every chunk's arrival and its samples, on a shared monotonic clock.
+first token), and answers one JSON line: per stream the request start, every
+chunk's arrival and its samples, on a shared monotonic clock. The benchmark
+keeps it waiting between its own runs, so both are timed under the same load.
 
 The upstream code is used as packaged (PyPI ``cosyvoice-minicpmo``). Two
 things are set from outside it: the Qwen2 backbone is built from its
@@ -100,19 +102,21 @@ def main() -> None:
     requests = inputs["requests"]
     warm = {"chunks": []}
     stream(model, requests[0], warm, _set(threading.Event()))  # lazy initialization, off the clock
-    for concurrency in inputs["concurrency"]:
-        records = [{"chunks": []} for _ in range(concurrency)]
+    print("ready", flush=True)
+    for line in sys.stdin:
+        chosen = json.loads(line)["requests"]
+        records = [{"chunks": []} for _ in chosen]
         start = threading.Event()
         threads = [
-            threading.Thread(target=stream, args=(model, requests[i % len(requests)], records[i], start))
-            for i in range(concurrency)
+            threading.Thread(target=stream, args=(model, requests[i], record, start))
+            for i, record in zip(chosen, records)
         ]
         for thread in threads:
             thread.start()
         start.set()
         for thread in threads:
             thread.join()
-        print(json.dumps({"concurrency": concurrency, "streams": records}), flush=True)
+        print(json.dumps({"streams": records}), flush=True)
 
 
 def _set(event: threading.Event) -> threading.Event:

@@ -56,7 +56,7 @@ class CosyVoiceOptions:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     normalize_text: bool = True  # wetext when installed
     onnx_threads: int = 1
-    first_hop: int = 25  # the least tokens in the first streamed chunk (it grows to a 25-token boundary)
+    first_hop: int = 15  # the least tokens in the first streamed chunk (it grows to a 25-token boundary)
     max_hop: int = 100  # the most tokens in a later chunk (hops double from 25 up to this)
     threads: int = 0  # torch CPU threads; 0: half the cores (small ops stall when threads outnumber idle cores)
     llm_backend: str = "torch"  # torch, or vllm (CUDA only; needs the vllm extra)

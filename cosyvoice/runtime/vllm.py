@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from cosyvoice.model.llm import Qwen2LM
 from cosyvoice.model.sampling import SamplingOptions, ras_distribution
 from cosyvoice.runtime.session import Session
-from cosyvoice.runtime.tokens import token_limits
+from cosyvoice.runtime import tokens as torch_stage
 
 MIN_LEN_ARG = "cosyvoice_min_len"  # SamplingParams.extra_args key: the request's minimum length
 SAMPLING_FILE = "cosyvoice_sampling.json"
@@ -179,7 +179,7 @@ class VllmTokens:
     def add(self, session: Session) -> None:
         p = session.prompt
         embeds = self.llm.prompt(session.text, p.prompt_text, p.llm_speech, p.llm_embedding).embeds[0]
-        least, most = token_limits(session.text.numel())
+        least, most = torch_stage.token_limits(session.text.numel())  # one rule for both stages
         params = self.sampling_params(
             max_tokens=most, min_tokens=least, stop_token_ids=self.stops, seed=session.seed, detokenize=False,
             extra_args={MIN_LEN_ARG: least},

@@ -139,3 +139,79 @@ async def test_vllm_backend_without_vllm_names_the_extra(model_dirs):
     with pytest.raises(RuntimeError, match=r"vllm.*cosyvoice-gateway\[vllm\]"):
         await engine.start()
     assert not engine.ready
+
+
+def test_token_stage_against_a_stand_in_engine(model_dirs, tmp_path, monkeypatch):
+    """VllmTokens' bookkeeping with vLLM's API played by a script: prompts go in as bf16 embeddings with
+    our sampling arguments, tokens come out per session, a stop token or a finished request ends it,
+    and removing a session aborts its request."""
+    import sys
+    import types
+
+    from cosyvoice.model.loader import load_model
+    from cosyvoice.model.pipeline import ModeInputs
+    from cosyvoice.runtime import tokens as runtime_tokens
+    from cosyvoice.runtime.session import Session
+
+    class Engine:
+        def __init__(self, args):
+            self.args, self.requests, self.aborted = args, {}, []
+
+        @classmethod
+        def from_engine_args(cls, args):
+            return cls(args)
+
+        def add_request(self, request, prompt, params):
+            self.requests[request] = (prompt, params, list(script[len(self.requests)]), [])
+
+        def abort_request(self, ids):
+            self.aborted += ids
+            for i in ids:
+                self.requests.pop(i)
+
+        def step(self):
+            out = []
+            for request, (_, _, todo, done) in list(self.requests.items()):
+                done.append(todo.pop(0))
+                finished = not todo or done[-1] >= 200
+                out.append(SimpleNamespace(request_id=request, finished=finished,
+                                           outputs=[SimpleNamespace(token_ids=tuple(done))]))
+                if finished:
+                    del self.requests[request]
+            return out
+
+    vllm = types.ModuleType("vllm")
+    vllm.EngineArgs = lambda **kwargs: SimpleNamespace(**kwargs)
+    vllm.LLMEngine, vllm.SamplingParams = Engine, lambda **kwargs: SimpleNamespace(**kwargs)
+    processor = types.ModuleType("vllm.v1.sample.logits_processor")
+    processor.BatchUpdate, processor.LogitsProcessor = object, object
+    for name, module in (("vllm", vllm), ("vllm.v1", types.ModuleType("vllm.v1")),
+                         ("vllm.v1.sample", types.ModuleType("vllm.v1.sample")),
+                         ("vllm.v1.sample.logits_processor", processor)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(runtime_tokens, "token_limits", lambda n: (2, 40))
+    from cosyvoice.runtime.vllm import VllmTokens
+
+    script = [[5, 6, 7, 201, 9], [1, 2], [3, 3, 3, 3]]  # 201: a stop token of the tiny v2 model
+    llm = load_model(model_dirs[2]).llm  # its own copy: the stage hands the backbone's layers to vLLM
+    stage = VllmTokens(llm, tmp_path / "export", gpu_memory_utilization=0.3)
+    args = stage.engine.args
+    assert args.enable_prompt_embeds and args.skip_tokenizer_init and (tmp_path / "export" / "config.json").exists()
+    assert args.logits_processors[0].__name__ == "RasLogitsProcessor" and len(llm.llm.decoder.layers) == 0
+    empty = torch.zeros(0, dtype=torch.long)
+    inputs = ModeInputs(empty, torch.tensor([4, 5]), None, empty, torch.zeros(1, 0, 80), torch.ones(1, 192))
+    sessions = [Session(inputs, torch.tensor([10, 11, 12]), lambda item: None, seed=7) for _ in script]
+    for session in sessions:
+        stage.add(session)
+    prompt, params, _, _ = stage.engine.requests["cosyvoice-0"]
+    assert prompt["prompt_embeds"].dtype == torch.bfloat16 and prompt["prompt_embeds"].shape == (1 + 3 + 1 + 2, 64)
+    assert (params.min_tokens, params.max_tokens, params.seed, params.extra_args) == (2, 40, 7, {MIN_LEN_ARG: 2})
+    assert params.stop_token_ids == list(range(200, 203))
+    got = {i: [] for i in range(3)}
+    for step in range(5):
+        if step == 2:
+            stage.remove(sessions[2])
+        for session, token in stage.step():
+            got[sessions.index(session)].append(token)
+    assert got == {0: [5, 6, 7, None], 1: [1, 2, None], 2: [3, 3]}
+    assert stage.engine.aborted == ["cosyvoice-2"] and stage.active == 0
