@@ -41,7 +41,7 @@ class KVBuffer:
         """Append ``[R, H, T, d]`` keys/values; return views of all ``length`` positions."""
         end = self.length + keys.size(2)
         if self.keys is None or end > self.keys.size(2):
-            capacity = max(end, self.length * 3 // 2, 64)
+            capacity = max(end + end // 2, 64)
             grown_k = keys.new_empty(*keys.shape[:2], capacity, keys.size(3))
             grown_v = values.new_empty(*values.shape[:2], capacity, values.size(3))
             if self.keys is not None:

@@ -16,7 +16,7 @@ vocoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,16 +53,19 @@ class _Flowing:
     first: bool = True  # the next audio chunk is the first
     finished: bool = False
     cache_key: str | None = None  # store the state after the prompt's own chunks under this key
+    mel: list[Tensor] = field(default_factory=list)  # solved frames of the audio chunk under way
 
 
 class FlowRenderer:
     """v2/v3: hop-scheduled chunks through the incremental flow and the chunked vocoder.
 
-    A streamed session's prompt goes through the flow before any speech token
-    is needed, up to its last whole 25-token chunk whose lookahead is still in
-    the prompt (or comes from the prompt cache); the rest of its whole chunks
-    follow once the first 3 speech tokens are known, while the LLM is still
-    working on the first hop. The first audio chunk then solves one chunk.
+    The flow solves one 25-token attention chunk per call, as soon as its
+    lookahead is known; audio leaves at the hop boundaries, so a hop's frames
+    are mostly solved while the LLM is still producing its last tokens. A
+    streamed session's prompt goes through the flow before any speech token is
+    needed, up to its last whole chunk whose lookahead is still in the prompt
+    (or comes from the prompt cache); the rest of its whole chunks follow once
+    the first 3 speech tokens are known.
     """
 
     def __init__(
@@ -110,8 +113,9 @@ class FlowRenderer:
             return own, False
         if state.flow.tokens < prompt_chunks and known >= prompt_chunks + lookahead:
             return prompt_chunks, False
-        if known >= state.next_end + lookahead:
-            return state.next_end, False
+        block = min(state.next_end, (state.flow.tokens // self.schedule.chunk + 1) * self.schedule.chunk)
+        if state.flow.tokens >= prompt_chunks and known >= block + lookahead:
+            return block, False
         return (known, True) if session.llm_done else None
 
     def frames(self, session: Session) -> int:
@@ -128,22 +132,27 @@ class FlowRenderer:
             lookahead = 0 if final else flow.lookahead
             positions = _positions(session, state.flow.tokens, end + lookahead)
             flow.encode(state.flow, positions[: len(positions) - lookahead], None if final else positions[-lookahead:])
-            if end == state.next_end and not final:
-                state.hop = self.schedule.next(state.hop, state.first)
-                state.first, state.next_end = False, end + state.hop
             state.finished = final
             finals.append(final)
-        mels = flow.render([s.render.flow for s in sessions], self.c.noise)
-        for session in sessions:
+        audible = []
+        for i, (session, mel) in enumerate(zip(sessions, flow.render([s.render.flow for s in sessions], self.c.noise))):
             state = session.render
             if state.cache_key is not None and state.flow.tokens == self._prompt_own(session.prompt.flow_speech.numel()):
                 self.prompt_cache.put(state.cache_key, state.flow)
                 state.cache_key = None
-        audible = [i for i, (mel, final) in enumerate(zip(mels, finals)) if mel.size(2) or final]
+            state.mel.append(mel)
+            if state.flow.tokens == state.next_end and not finals[i]:  # a hop is complete: its audio leaves
+                state.hop = self.schedule.next(state.hop, state.first)
+                state.first, state.next_end = False, state.next_end + state.hop
+                audible.append(i)
+            elif finals[i]:
+                audible.append(i)
         waves = [np.zeros(0, dtype=np.float32)] * len(sessions)
         if audible:
             vocoders = [sessions[i].render.vocoder for i in audible]
-            mels = [_speed(mels[i], sessions[i].speed) for i in audible]
+            mels = [_speed(torch.cat(sessions[i].render.mel, dim=2), sessions[i].speed) for i in audible]
+            for i in audible:
+                sessions[i].render.mel = []
             done = [finals[i] for i in audible]
             out = self.causal.push(vocoders, mels, done) if self.causal else vocode(vocoders, mels, done)
             for i, wave in zip(audible, out):

@@ -225,8 +225,8 @@ def test_first_hop_reaches_a_chunk_boundary(prompt, first_hop, expected):
 
 def test_streamed_v3_audio_equals_the_recompute_path(models):
     """The v3 renderer end to end: a 60-token prompt goes through the flow before any audio chunk (its
-    two whole chunks, as soon as the lookahead is known), the first audio chunk is the 15 tokens that
-    reach the next boundary, then 25, 50; since the v3 vocoder is exact, the streamed audio equals
+    two whole chunks, as soon as the lookahead is known), then one 25-token attention chunk per call;
+    audio leaves at the hop boundaries: the 15 tokens that reach the next boundary, then 25, 50; since the v3 vocoder is exact, the streamed audio equals
     vocoding the recompute path's mel in one go."""
     from cosyvoice.model.pipeline import ModeInputs
     from cosyvoice.runtime.render import FlowRenderer
@@ -249,8 +249,10 @@ def test_streamed_v3_audio_equals_the_recompute_path(models):
         while (chunk := renderer.next_chunk(session)) is not None:
             calls.append((chunk[0], len(session.tokens)))
             chunks.append(torch.from_numpy(renderer.render([session])[0]))
-    assert calls[:4] == [(50, 1), (75, 18), (100, 43), (150, 93)]  # (chunk end in [prompt | tokens], tokens known)
-    assert chunks[0].numel() == 0 and chunks[1].numel() > 0
+    # (chunk end in [prompt | tokens], tokens known): one attention chunk per call, as soon as its lookahead is known
+    assert calls[:5] == [(50, 1), (75, 18), (100, 43), (125, 68), (150, 93)]
+    # audio leaves at the hop boundaries (15, 25, 50 tokens): the 125 chunk's frames wait for the 150 one's
+    assert [chunk.numel() > 0 for chunk in chunks[:5]] == [False, True, True, False, True]
     mel = recomputed(model, prompt, feat, embedding, tokens, [15, 25, 50])
     expected = model.hift(mel, draws)[0][0]
     # the flows' float32 rounding (~1e-6 in mel) reaches the excitation's phase through F0: ~1e-5 here

@@ -258,6 +258,7 @@ def test_streaming_pipeline(generation, models, reference, monkeypatch):
             while renderer.next_chunk(session) is not None:
                 chunks.append(torch.from_numpy(renderer.render([session])[0]))
     assert renderer.finished(session)
+    chunks = [chunk for chunk in chunks if chunk.numel()]  # calls inside a hop solve frames but send no audio
     assert [len(c) for c in chunks] == case["lengths"].tolist()
     errors = [
         max(max_error(chunk[: head.numel()], head), max_error(chunk[-tail.numel() :], tail))
