@@ -1,5 +1,6 @@
 """The CosyVoice engine against the reference implementation's streaming, side by side.
 
+    scripts/setup.sh cosyvoice,bench && tools/cosyvoice_reference_venv.sh   # once
     .venv/bin/python bench/engine.py [--sizes tiny,full] [--concurrency 1,4] [--tokens-tiny 100]
                                      [--tokens-full 50] [--search-tiny 64] [--full-dir DIR]
 
