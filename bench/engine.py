@@ -148,7 +148,7 @@ class Ours:
         runtime_tokens.token_limits = lambda text_len: (tokens, tokens)  # forced: random weights never stop
         options = CosyVoiceOptions(
             str(model_dir), device=args.device, normalize_text=False, threads=args.threads,
-            first_hop=args.first_hop, max_batch=args.max_batch, prompt_cache_mb=args.prompt_cache_mb,
+            first_hop=args.first_hop, max_batch=args.max_batch, prompt_cache_mb=args.prompt_cache_mb, dtype=args.dtype,
         )
         self.engine = CosyVoiceEngine(options, clause_options=NO_SPLIT)
         self.voices: list[SavedVoice] = []
@@ -349,6 +349,8 @@ async def main() -> None:
     parser.add_argument("--first-hop", type=int, default=CosyVoiceOptions.first_hop)
     parser.add_argument("--max-batch", type=int, default=CosyVoiceOptions.max_batch)
     parser.add_argument("--lead", type=float, default=0.1, help="seconds a listener buffers before playing")
+    parser.add_argument("--dtype", default=CosyVoiceOptions.dtype, choices=("float32", "bfloat16"),
+                        help="ours only: the reference computes in float32 on a CPU")
     parser.add_argument("--prompt-cache-mb", type=int, default=CosyVoiceOptions.prompt_cache_mb)
     parser.add_argument("--reference-python", default="/work/refvenv/bin/python",
                         help="the reference venv's python ('' to skip the reference)")
@@ -358,7 +360,7 @@ async def main() -> None:
         raise SystemExit(f"{args.reference_python} not found: build it with tools/cosyvoice_reference_venv.sh, "
                          "or pass --reference-python ''")
     print(f"load average before: {os.getloadavg()}, cores: {os.cpu_count()}, torch threads: {args.threads}, "
-          f"device: {'cuda' if torch.cuda.is_available() and args.device != 'cpu' else 'cpu'}")
+          f"device: {'cuda' if torch.cuda.is_available() and args.device != 'cpu' else 'cpu'}, ours in {args.dtype}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):

@@ -37,6 +37,7 @@ def build_engine(settings: Settings) -> Engine:
                 prefill_chunk=cosyvoice.prefill_chunk,
                 vllm_memory=cosyvoice.vllm_memory,
                 prompt_cache_mb=cosyvoice.prompt_cache_mb,
+                dtype=cosyvoice.dtype,
             ),
             max_text_chars=settings.limits.max_text_chars,
             clause_options=clause_options,

@@ -16,6 +16,7 @@ vocoder.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,13 @@ from cosyvoice.runtime.schedule import HopSchedule
 from cosyvoice.runtime.session import Session
 
 V1_HOP, V1_OVERLAP, V1_MEL_CACHE = 100, 20, 20  # tokens, tokens, mel frames (v1 streaming)
+
+
+def flow_precision(dtype: torch.dtype, device: torch.device) -> AbstractContextManager:
+    """Where the flow computes: float32, or bfloat16 under autocast (matmuls, convolutions and
+    attention in bfloat16, about twice as fast on a CPU with AVX512-BF16 or AMX; weights, norms and
+    the vocoder stay float32)."""
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 def _whole(session: Session) -> bool:
@@ -70,10 +78,11 @@ class FlowRenderer:
 
     def __init__(
         self, components: Components, schedule: HopSchedule, draws: SourceDraws | None = None,
-        prompt_cache: PromptCache | None = None,
+        prompt_cache: PromptCache | None = None, precision: torch.dtype = torch.float32,
     ) -> None:
         self.c = components
         self.schedule = schedule
+        self.precision = precision
         self.causal = CausalVocoder(components.hift, draws) if components.generation == 3 else None
         self.prompt_cache = prompt_cache
 
@@ -126,21 +135,23 @@ class FlowRenderer:
     def render(self, sessions: list[Session]) -> list[np.ndarray]:
         flow = self.c.flow
         finals = []
-        for session in sessions:
-            state: _Flowing = session.render
-            end, final = self.next_chunk(session)
-            lookahead = 0 if final else flow.lookahead
-            positions = _positions(session, state.flow.tokens, end + lookahead)
-            flow.encode(state.flow, positions[: len(positions) - lookahead], None if final else positions[-lookahead:])
-            state.finished = final
-            finals.append(final)
+        with flow_precision(self.precision, self.c.noise.device):
+            for session in sessions:
+                state: _Flowing = session.render
+                end, final = self.next_chunk(session)
+                lookahead = 0 if final else flow.lookahead
+                positions = _positions(session, state.flow.tokens, end + lookahead)
+                flow.encode(state.flow, positions[: len(positions) - lookahead], None if final else positions[-lookahead:])
+                state.finished = final
+                finals.append(final)
+            mels = flow.render([s.render.flow for s in sessions], self.c.noise)
         audible = []
-        for i, (session, mel) in enumerate(zip(sessions, flow.render([s.render.flow for s in sessions], self.c.noise))):
+        for i, (session, mel) in enumerate(zip(sessions, mels)):
             state = session.render
             if state.cache_key is not None and state.flow.tokens == self._prompt_own(session.prompt.flow_speech.numel()):
                 self.prompt_cache.put(state.cache_key, state.flow)
                 state.cache_key = None
-            state.mel.append(mel)
+            state.mel.append(mel.float())
             if state.flow.tokens == state.next_end and not finals[i]:  # a hop is complete: its audio leaves
                 state.hop = self.schedule.next(state.hop, state.first)
                 state.first, state.next_end = False, state.next_end + state.hop
@@ -183,8 +194,9 @@ class WindowRenderer:
     """v1: windows of 100 + 20 tokens that overlap by 20; the overlap's 34 mel frames share noise and
     condition with the previous window and are cross-faded; then chunked vocoding."""
 
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Components, precision: torch.dtype = torch.float32) -> None:
         self.c = components
+        self.precision = precision
         self.overlap_frames = components.flow.target_frames(V1_OVERLAP)
         self.fade = torch.from_numpy(np.hamming(2 * self.overlap_frames).astype(np.float32))
 
@@ -227,11 +239,13 @@ class WindowRenderer:
         tokens = torch.tensor(session.tokens[state.offset : state.offset + count], dtype=torch.long, device=device)
         noise = self.noise(session, p.flow_feat.size(1) + flow.target_frames(count)).to(device)
         state.finished = final
-        if _whole(session):
-            return _speed(flow(tokens, p.flow_speech, p.flow_feat, p.flow_embedding, noise), session.speed)
-        mel, state.carry = flow.window(
-            tokens, p.flow_speech, p.flow_feat, p.flow_embedding, noise, state.carry, self.overlap_frames
-        )
+        with flow_precision(self.precision, device):
+            if _whole(session):
+                return _speed(flow(tokens, p.flow_speech, p.flow_feat, p.flow_embedding, noise).float(), session.speed)
+            mel, state.carry = flow.window(
+                tokens, p.flow_speech, p.flow_feat, p.flow_embedding, noise, state.carry, self.overlap_frames
+            )
+        mel = mel.float()
         if state.held is not None:
             n = min(self.overlap_frames, mel.size(2))
             fade = self.fade.to(device)

@@ -53,6 +53,24 @@ async def test_streaming_chunks_rates_and_order(engine):
     assert len(single) % 960 == 0 and len(single) / RATE > 0.5
 
 
+async def test_bfloat16_streams_the_same_tokens_as_it_renders_whole(model_dirs):
+    """``dtype = "bfloat16"``: the LLM's weights are stored narrower and the flow runs under autocast;
+    a seeded request still gives the same tokens streamed and whole, and finite float32 audio."""
+    import torch
+
+    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[2]), device="cpu", dtype="bfloat16"))
+    await engine.start()
+    try:
+        assert next(engine.components.llm.parameters()).dtype == torch.bfloat16
+        assert next(engine.components.flow.parameters()).dtype == torch.float32
+        streamed = await collect(engine, SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=7, stream=True))
+        whole = np.concatenate(await collect(engine, SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=7, stream=False)))
+        assert len(streamed) >= 2 and all(c.dtype == np.float32 and np.isfinite(c).all() for c in streamed)
+        assert len(np.concatenate(streamed)) == len(whole) and np.abs(whole).max() > 0
+    finally:
+        await engine.close()
+
+
 async def test_seed_reproduces_and_speed_shortens(engine):
     request = SynthesisRequest(text="Same words twice.", mode=Mode.ZERO_SHOT, prompt_audio=PROMPT,
                                prompt_text="a prompt", seed=3, stream=False)

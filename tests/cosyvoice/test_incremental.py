@@ -330,3 +330,29 @@ def test_prompt_cache_skips_the_prompt_and_changes_nothing(models):
     assert error(audio, stream(plain, second)[1]) < VOCODER_TOL
     other = inputs(9, prompt_tokens=60)  # another voice does not hit
     assert PromptCache.key(ModeInputs(empty, empty, None, other[0], other[1], other[2])) not in cache.entries
+
+
+
+@pytest.mark.parametrize("generation", [2, 3])
+def test_bfloat16_flow_stays_close_to_float32(generation, models):
+    """``dtype = "bfloat16"`` runs the flow under autocast: the incremental chunks' mel stays within
+    bfloat16's rounding of the float32 one."""
+    from cosyvoice.runtime.render import flow_precision
+
+    model = models[generation]
+    prompt, feat, embedding, tokens = inputs(7, prompt_tokens=25, tokens=75)
+    positions = torch.cat([prompt, tokens])
+    mels = {}
+    for precision in (torch.float32, torch.bfloat16):
+        with flow_precision(precision, torch.device("cpu")):
+            state = model.flow.begin(feat, embedding, streaming=True)
+            out = []
+            for end in (25, 50, 75, 100):
+                final = end == 100
+                model.flow.encode(state, positions[state.tokens : end], None if final else positions[end : end + 3])
+                out.append(model.flow.render([state], model.noise)[0].float())
+        mels[precision] = torch.cat(out, dim=2)
+    reference, narrow = mels[torch.float32], mels[torch.bfloat16]
+    assert reference.shape == narrow.shape and torch.isfinite(narrow).all()
+    relative = ((narrow - reference).norm() / reference.norm()).item()
+    assert 0 < relative < 0.03, relative  # bfloat16 keeps 8 bits of mantissa: ~0.4% per rounding
