@@ -1,7 +1,9 @@
 """Telephony load: N concurrent simulated Twilio Media Streams (or Asterisk AudioSocket) calls.
 
 Each call is the protocol simulator the tests use (``tests/telephony_peers.py``):
-Twilio's side streams 20 ms of caller audio (silence) every 20 ms, plays what
+Twilio's side streams 20 ms of caller audio every 20 ms (digital silence, which
+the VAD skips as too quiet to be speech, or with ``--echo-db`` our own audio
+coming back as line echo, which it has to examine), plays what
 it is sent at real time and echoes marks; Asterisk's side sends 20 ms slin
 frames. Every call hears the same paragraph (Twilio: the stream's ``text``
 parameter; AudioSocket: the greeting). The gateway runs the replay engine, so
@@ -54,6 +56,7 @@ QUIET = 0.5  # AudioSocket calls have ended when no frame came for this long
 class TwilioBotSpec:
     ws_url: str
     text: str = PARAGRAPH
+    echo_db: float | None = None
 
     def make(self) -> TwilioBot:
         return TwilioBot(self)
@@ -65,7 +68,7 @@ class TwilioBot:
     def __init__(self, spec: TwilioBotSpec) -> None:
         from tests.telephony_peers import TwilioPeer
 
-        self.peer = TwilioPeer(spec.ws_url, parameters={"text": spec.text})
+        self.peer = TwilioPeer(spec.ws_url, parameters={"text": spec.text}, echo_db=spec.echo_db)
         self.sent: float | None = None
         self.error = ""
 
@@ -146,6 +149,8 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("twilio", "audiosocket"), default="twilio")
     parser.add_argument("--ramp", type=int, nargs="+", default=[10, 50, 100, 150, 200])
     parser.add_argument("--no-barge-in", action="store_true", help="no voice activity detection on caller audio")
+    parser.add_argument("--echo-db", type=float, help="Twilio: our audio comes back on the caller's line at this level "
+                        "(e.g. -25), so the VAD runs on every window while we speak; default: a quiet line")
     add_bot_arguments(parser)
     args = parser.parse_args()
 
@@ -159,7 +164,7 @@ def main() -> None:
     gateway.ports.append(port)
     try:
         if args.protocol == "twilio":
-            spec: Any = TwilioBotSpec(gateway.url.replace("http", "ws", 1) + "/v1/telephony/twilio/stream")
+            spec: Any = TwilioBotSpec(gateway.url.replace("http", "ws", 1) + "/v1/telephony/twilio/stream", echo_db=args.echo_db)
         else:
             spec = AudioSocketBotSpec("127.0.0.1", port)
         print(f"{args.protocol} on the replay engine, barge-in {'off' if args.no_barge_in else 'on'}; gateway pid "

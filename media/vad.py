@@ -21,6 +21,9 @@ from media.resample import StreamResampler
 
 _WINDOW = {8000: 256, 16000: 512}
 _CONTEXT = {8000: 32, 16000: 64}
+# Windows quieter than this (RMS, -60 dBFS) are not speech and skip the model: a caller who listens
+# in a quiet room (or a line that sends digital silence) costs next to nothing.
+QUIET_RMS = 10 ** (-60 / 20)
 
 
 class VadUnavailable(RuntimeError):
@@ -68,10 +71,14 @@ class SpeechDetector:
         whole = len(audio) // self.window * self.window
         for start in range(0, whole, self.window):
             window = audio[start : start + self.window].reshape(1, -1)
-            probability, self._state = self._session.run(
-                None, {"input": np.concatenate([self._context, window], axis=1), "state": self._state, "sr": self._rate}
-            )
+            level = float(np.sqrt(np.mean(window**2)))
+            probability = 0.0
+            if level >= QUIET_RMS:
+                output, self._state = self._session.run(
+                    None, {"input": np.concatenate([self._context, window], axis=1), "state": self._state, "sr": self._rate}
+                )
+                probability = float(output[0][0])
             self._context = window[:, -self._context.shape[1] :]
-            results.append((float(probability[0][0]), float(np.sqrt(np.mean(window**2)))))
+            results.append((probability, level))
         self._pending = audio[whole:]
         return results

@@ -162,6 +162,27 @@ async def test_caller_speech_barges_in_within_100_ms(phone: ServerThread, caller
         await peer.stop()
 
 
+def test_quiet_caller_audio_skips_the_speech_model(caller_speech: np.ndarray) -> None:
+    """Digital silence and a -70 dBFS line never reach Silero (a listening caller costs next to
+    nothing); speech right after them is still found within 100 ms of its onset."""
+    from media.vad import SpeechDetector
+
+    detector = SpeechDetector(8000)
+    model, runs = detector._session, []
+
+    class Counting:
+        def run(self, *args):
+            runs.append(1)
+            return model.run(*args)
+
+    detector._session = Counting()
+    line = np.random.default_rng(5).standard_normal(8000).astype(np.float32) * 10 ** (-70 / 20)
+    quiet = detector.process(np.zeros(8000, np.float32)) + detector.process(line)
+    assert len(quiet) == 62 and not runs and all(probability == 0.0 for probability, _ in quiet)
+    onset = detector.process(caller_speech[:800])  # the first 100 ms
+    assert len(runs) == len(onset) and max(probability for probability, _ in onset) >= 0.5
+
+
 async def test_our_own_echo_does_not_barge_in(phone: ServerThread) -> None:
     peer = await twilio_call(phone, parameters={"text": REPLY}, echo_db=-20)
     try:
