@@ -53,12 +53,13 @@ async def test_streaming_chunks_rates_and_order(engine):
     assert len(single) % 960 == 0 and len(single) / RATE > 0.5
 
 
-async def test_bfloat16_streams_the_same_tokens_as_it_renders_whole(model_dirs):
+@pytest.mark.parametrize("generation", [1, 2, 3])
+async def test_bfloat16_streams_the_same_tokens_as_it_renders_whole(model_dirs, generation):
     """``dtype = "bfloat16"``: the LLM's weights are stored narrower and the flow runs under autocast;
     a seeded request still gives the same tokens streamed and whole, and finite float32 audio."""
     import torch
 
-    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[2]), device="cpu", dtype="bfloat16"))
+    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[generation]), device="cpu", dtype="bfloat16"))
     await engine.start()
     try:
         assert next(engine.components.llm.parameters()).dtype == torch.bfloat16
