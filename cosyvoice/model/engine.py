@@ -111,6 +111,10 @@ class CosyVoiceEngine(Engine):
         c = load_model(self.options.model_dir, device, onnx_threads=self.options.onnx_threads)
         if self.options.dtype != "float32":  # decoding reads every weight per step: store them narrower
             c.llm.to(getattr(torch, self.options.dtype))
+            flags = _cpu_flags() if device == "cpu" else set()
+            if flags and not flags & {"avx512_bf16", "amx_bf16"}:
+                log.warning("dtype %s on a CPU without AVX512-BF16 or AMX is emulated: expect it slower than float32",
+                            self.options.dtype)
         self.components = c
         self._normalizer = TextNormalizer(self.options.normalize_text)
         voices = tuple(sorted(k for k, v in c.spk2info.items() if "embedding" in v))
@@ -322,6 +326,18 @@ class CosyVoiceEngine(Engine):
         if audio is None:
             raise InvalidRequest("mode 'vc' needs source audio")
         return self.components.speech_tokenizer(resample(audio.samples, audio.sample_rate, 16000))
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux; empty where unknown)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 @torch.inference_mode()
