@@ -109,8 +109,9 @@ class CosyVoiceEngine(Engine):
         if device == "cpu":
             torch.set_num_threads(self.options.threads or max(1, (os.cpu_count() or 2) // 2))
         c = load_model(self.options.model_dir, device, onnx_threads=self.options.onnx_threads)
-        if self.options.dtype != "float32":  # decoding reads every weight per step: store them narrower
-            c.llm.to(getattr(torch, self.options.dtype))
+        precision = getattr(torch, self.options.dtype)
+        if precision != torch.float32:  # decoding reads every weight per step: store them narrower
+            c.llm.to(precision)
             flags = _cpu_flags() if device == "cpu" else set()
             if flags and not flags & {"avx512_bf16", "amx_bf16"}:
                 log.warning("dtype %s on a CPU without AVX512-BF16 or AMX is emulated: expect it slower than float32",
@@ -139,7 +140,7 @@ class CosyVoiceEngine(Engine):
         digest = zlib.crc32(repr((c.generation, sizes)).encode()) & 0xFFFFFFFF
         safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in c.name)[:40]
         self._feature_key = f"cosyvoice-v{c.generation}.{safe_name}.{digest:08x}"
-        renderer = self._renderer(c)
+        renderer = self._renderer(c, precision)
         _warm_up(c, renderer)
         # a CPU renders sessions side by side, one per core; a GPU does better with one worker's batches
         workers = 1 if device.startswith("cuda") else max(1, (os.cpu_count() or 1) // torch.get_num_threads())
@@ -150,8 +151,7 @@ class CosyVoiceEngine(Engine):
         self.scheduler.start()
         log.info("CosyVoice v%d ready on %s: modes %s", c.generation, device, sorted(m.value for m in modes))
 
-    def _renderer(self, c: Components) -> Renderer:
-        precision = getattr(torch, self.options.dtype)
+    def _renderer(self, c: Components, precision: torch.dtype) -> Renderer:
         if c.generation == 1:
             return WindowRenderer(c, precision)
         schedule = HopSchedule(c.flow.chunk_tokens, self.options.first_hop, self.options.max_hop)

@@ -226,8 +226,8 @@ def test_first_hop_reaches_a_chunk_boundary(prompt, first_hop, expected):
 def test_streamed_v3_audio_equals_the_recompute_path(models):
     """The v3 renderer end to end: a 60-token prompt goes through the flow before any audio chunk (its
     two whole chunks, as soon as the lookahead is known), then one 25-token attention chunk per call;
-    audio leaves at the hop boundaries: the 15 tokens that reach the next boundary, then 25, 50; since the v3 vocoder is exact, the streamed audio equals
-    vocoding the recompute path's mel in one go."""
+    audio leaves at the hop boundaries: the 15 tokens that reach the next boundary, then 25, 50; since
+    the v3 vocoder is exact, the streamed audio equals vocoding the recompute path's mel in one go."""
     from cosyvoice.model.pipeline import ModeInputs
     from cosyvoice.runtime.render import FlowRenderer
     from cosyvoice.runtime.session import Session
@@ -330,7 +330,6 @@ def test_prompt_cache_skips_the_prompt_and_changes_nothing(models):
     assert error(audio, stream(plain, second)[1]) < VOCODER_TOL
     other = inputs(9, prompt_tokens=60)  # another voice does not hit
     assert PromptCache.key(ModeInputs(empty, empty, None, other[0], other[1], other[2])) not in cache.entries
-
 
 
 @pytest.mark.parametrize("generation", [2, 3])
