@@ -352,7 +352,7 @@ async def main() -> None:
     parser.add_argument("--dtype", default=CosyVoiceOptions.dtype, choices=("float32", "bfloat16"),
                         help="ours only: the reference computes in float32 on a CPU")
     parser.add_argument("--prompt-cache-mb", type=int, default=CosyVoiceOptions.prompt_cache_mb)
-    parser.add_argument("--reference-python", default="/work/refvenv/bin/python",
+    parser.add_argument("--reference-python", default=str(ROOT / ".refvenv" / "bin" / "python"),
                         help="the reference venv's python ('' to skip the reference)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()

@@ -2,10 +2,11 @@
 
 The reference is the upstream v1/v2 code as packaged on PyPI
 (``cosyvoice-minicpmo``). It runs only in an isolated virtualenv outside the
-repository and is never imported by the gateway; see docs/cosyvoice.md for
-how that venv is made. This script runs *in that venv*:
+repository's packages (``.refvenv/`` in the checkout, which git ignores) and is
+never imported by the gateway; tools/cosyvoice_reference_venv.sh makes it. This
+script runs *in that venv*:
 
-    /work/refvenv/bin/python tools/cosyvoice_reference_fixtures.py
+    .refvenv/bin/python tools/cosyvoice_reference_fixtures.py
 
 It generates the tiny v1 and v2 model directories with this repository's
 generator (run by the repository's own Python), loads their YAML with

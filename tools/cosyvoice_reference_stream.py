@@ -2,7 +2,7 @@
 
 Runs in the isolated reference venv (see tools/cosyvoice_reference_venv.sh), never in the gateway's:
 
-    /work/refvenv/bin/python tools/cosyvoice_reference_stream.py --inputs INPUTS.pt
+    .refvenv/bin/python tools/cosyvoice_reference_stream.py --inputs INPUTS.pt
 
 INPUTS.pt (written by bench/engine.py) names a v2 model directory and holds,
 per request, exactly the model inputs the gateway's engine uses (text and

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build the isolated virtualenv that runs the CosyVoice reference implementation
 # (PyPI cosyvoice-minicpmo: upstream's v1/v2 code) for tools/cosyvoice_reference_fixtures.py.
-# It lives outside the repository and is never a dependency of the gateway.
+# It lives in .refvenv/ of the checkout (git ignores it) or where the argument says, and is never a
+# dependency of the gateway.
 #
-#   tools/cosyvoice_reference_venv.sh [/work/refvenv]
-#   /work/refvenv/bin/python tools/cosyvoice_reference_fixtures.py
+#   tools/cosyvoice_reference_venv.sh [VENV]      # default: .refvenv in the repository root
+#   .refvenv/bin/python tools/cosyvoice_reference_fixtures.py
 set -euo pipefail
-VENV="${1:-/work/refvenv}"
+VENV="${1:-$(cd "$(dirname "$0")/.." && pwd)/.refvenv}"
 python3 -m venv "$VENV"
 PIP="$VENV/bin/pip"
 # torch pinned in every command so nothing swaps it for a CUDA build. transformers 4.51.3 is one of
