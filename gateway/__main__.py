@@ -7,6 +7,7 @@ overrides the config file, which overrides the built-in defaults.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app, drain
+from gateway.request_id import RequestIdLogFilter
 from gateway.settings import SettingsError, load_settings
 
 DEFAULT_CONFIG = Path("config.toml")
@@ -72,14 +74,27 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as error:
         sys.exit(f"error: {error}")
     logging.basicConfig(
-        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdLogFilter())
     try:
         app = create_app(settings)
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
-    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level=settings.server.log_level)
+    config = uvicorn.Config(
+        app, host=settings.server.host, port=settings.server.port, log_level=settings.server.log_level, log_config=log_config()
+    )
     GatewayServer(config, app, settings.server.shutdown_grace).run()
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, with each access line ending in the request's ``x-request-id``."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["filters"] = {"request_id": {"()": RequestIdLogFilter}}
+    config["handlers"]["access"]["filters"] = ["request_id"]
+    config["formatters"]["access"]["fmt"] += " [%(request_id)s]"
+    return config
 
 
 class GatewayServer(uvicorn.Server):

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from cosyvoice import Engine
 from cosyvoice.voices import VoiceRegistry
@@ -20,6 +21,7 @@ from gateway.engines import build_engine
 from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimit
 from gateway.metrics import TRANSPORTS, Metrics, monitor_event_loop
+from gateway.request_id import RequestIdMiddleware
 from gateway.routes import openai, seed_a, seed_b, sessions, system, telephony, unified, voices, webrtc
 from gateway.sessions import SessionFactory
 from gateway.settings import Settings
@@ -28,6 +30,13 @@ from signaling.manager import SessionManager
 from signaling.webrtc import restrict_host_addresses
 
 log = logging.getLogger(__name__)
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with the request id outside even Starlette's own 500 handler, so every answer has one."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack())
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -74,7 +83,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             await manager.close_all()
             await engine.close()
 
-    app = FastAPI(title=NAME, version=__version__, lifespan=lifespan)
+    app = GatewayApp(title=NAME, version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.engine_failure = None
@@ -94,7 +103,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     if origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
-            expose_headers=["X-Sample-Rate", "X-Channels", "X-Bit-Depth", "Location", "Retry-After"],
+            expose_headers=[
+                "X-Sample-Rate", "X-Channels", "X-Bit-Depth", "Location", "Retry-After", "X-Request-Id", "X-Instructions-Ignored",
+            ],
         )  # fmt: skip
     install_error_handlers(app)
     for module in (system, unified, seed_a, seed_b, openai, voices, sessions, webrtc, telephony):

@@ -95,7 +95,6 @@ def test_voice_as_object_and_our_own_ids(client: openai.OpenAI) -> None:
         ({"input": ""}, openai.BadRequestError, None),
         ({"speed": 4.5}, openai.BadRequestError, "speed"),
         ({"response_format": "ogg"}, openai.BadRequestError, "response_format"),
-        ({"instructions": "Speak like a pirate."}, openai.BadRequestError, "instructions"),
     ],
 )
 def test_errors_use_the_openai_envelope(client: openai.OpenAI, fields: dict, error: type, param: str | None) -> None:
@@ -106,6 +105,29 @@ def test_errors_use_the_openai_envelope(client: openai.OpenAI, fields: dict, err
     assert set(body) == {"message", "type", "param", "code"}
     assert body["type"] == "invalid_request_error" and body["message"]
     assert body["param"] == param
+
+
+@pytest.mark.parametrize("stream_format", ["audio", "sse"])
+def test_instructions_are_a_hint_the_embedded_voice_ignores(client: openai.OpenAI, stream_format: str) -> None:
+    """LiveKit's and pipecat's examples send instructions; an engine without instruct modes still speaks."""
+    response = client.audio.speech.with_raw_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input=TEXT, instructions="Speak like a pirate.",
+        response_format="pcm", stream_format=stream_format,
+    )  # fmt: skip
+    assert response.status_code == 200
+    assert "has no instruct mode" in response.headers["x-instructions-ignored"]
+    plain = client.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input="Hi.", response_format="pcm")
+    assert "x-instructions-ignored" not in plain.headers
+
+
+def test_every_answer_has_a_request_id(gateway: ServerThread, client: openai.OpenAI) -> None:
+    speech = client.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input="Hi.", response_format="pcm")
+    generated = speech.headers["x-request-id"]
+    assert len(generated) == 32 and int(generated, 16) >= 0, "a fresh id when the client sends none"
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.audio.speech.create(model="tts-9", voice="alloy", input="Hi.", extra_headers={"X-Request-Id": "trace-42"})
+    assert raised.value.response.headers["x-request-id"] == "trace-42", "the client's own id is echoed on errors"
+    assert raised.value.request_id == "trace-42", "where the SDK looks for it"
 
 
 def test_models_and_voices(gateway: ServerThread, client: openai.OpenAI) -> None:

@@ -194,3 +194,58 @@ def test_uploads_beyond_the_body_limit_are_413(gateway: ServerThread, speech_wav
     huge = wav_bytes(np.zeros(2_000_000, np.float32), 16000)
     response = httpx.post(gateway.url + "/v1/voices", data={"id": "big"}, files={"audio": ("big.wav", huge)})
     assert response.status_code == 413
+
+
+def test_every_answer_carries_a_request_id(tmp_path: Path) -> None:
+    secured = server(
+        tmp_path / "data", auth={"api_keys": [KEY]}, server={"cors_origins": ["https://app.example"]}, limits={"max_upload_bytes": 1024}
+    )
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    secured.app.add_api_route("/test/boom", boom)  # an unexpected exception: Starlette's outermost 500
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    try:
+        answers = {
+            "ok": httpx.get(secured.url + "/v1/speakers", headers=bearer),
+            "unauthorized": httpx.get(secured.url + "/v1/speakers"),
+            "not found": httpx.get(secured.url + "/v1/nothing", headers=bearer),
+            "invalid": httpx.post(secured.url + "/v1/tts", json={}, headers=bearer),
+            "too large": httpx.post(secured.url + "/v1/tts", content=b"x" * 100_000, headers=bearer),
+            "preflight": httpx.options(
+                secured.url + "/v1/speakers", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+            ),
+            "crash": httpx.get(secured.url + "/test/boom", headers=bearer),
+            "streamed": httpx.post(secured.url + "/v1/tts/stream", json={"text": "Hello."}, headers=bearer, timeout=30),
+        }
+        assert [answers[name].status_code for name in answers] == [200, 401, 404, 422, 413, 200, 500, 200]
+        ids = {name: answer.headers.get("x-request-id") for name, answer in answers.items()}
+        assert all(ids.values()) and len(set(ids.values())) == len(ids), ids
+        cors = httpx.get(secured.url + "/v1/health", headers={"Origin": "https://app.example"})
+        assert "x-request-id" in cors.headers["access-control-expose-headers"].lower(), "browsers may read it"
+
+        def echoed(offered: str) -> str:
+            return httpx.get(secured.url + "/v1/health", headers={"X-Request-Id": offered}).headers["x-request-id"]
+
+        assert echoed("req-7f3a.b_c:d/e+f=g@h") == "req-7f3a.b_c:d/e+f=g@h"
+        assert echoed("x" * 128) == "x" * 128
+        for unsafe in ("x" * 129, "has space", "new\tline", "semi;colon", "<script>"):
+            replaced = echoed(unsafe)
+            assert replaced != unsafe and len(replaced) == 32, unsafe
+        ws = secured.url.replace("http", "ws") + f"/ws/v1/session?api_key={KEY}"
+        with websockets.sync.client.connect(ws, additional_headers={"X-Request-Id": "ws-handshake-1"}) as socket:
+            assert socket.response.headers["x-request-id"] == "ws-handshake-1"
+    finally:
+        secured.stop()
+
+
+def test_the_access_log_names_the_request_id(tmp_path: Path) -> None:
+    process = ServerProcess("--data-dir", str(tmp_path), env={"GATEWAY_EMBEDDED_WORKERS": "1"})
+    try:
+        process.wait_listening()
+        httpx.get(process.url + "/v1/speakers", headers={"X-Request-Id": "find-me-in-the-log"})
+    finally:
+        output = process.stop()
+    line = next(line for line in output.splitlines() if "/v1/speakers" in line)
+    assert line.endswith("[find-me-in-the-log]"), line

@@ -4,6 +4,8 @@ The official ``openai`` SDK works against it unchanged. OpenAI's built-in
 voice names map to our voices (see :data:`OPENAI_VOICES` and
 :func:`voice_for`); any built-in or saved voice id of ours is accepted too,
 as a name or as ``{"id": ...}``. Audio comes out at 24 kHz like OpenAI's.
+``instructions`` select an instruct mode where the engine has one; elsewhere
+they are ignored, as a hint, and the ``X-Instructions-Ignored`` header says why.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ OPENAI_VOICES = {
     "fable": "英文男", "nova": "英文女", "onyx": "英文男", "sage": "英文女", "shimmer": "英文女",
     "verse": "英文男", "marin": "英文女", "cedar": "英文男",
 }  # fmt: skip
+IGNORED_HEADER = "X-Instructions-Ignored"
 FORMATS = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
 
@@ -58,18 +61,22 @@ async def speech(body: SpeechRequest, synth: Synthesizer = Depends(get_synthesiz
     if body.model not in _model_ids(synth):
         raise OpenAIError(404, f"model '{body.model}' does not exist", param="model", code="model_not_found")
     voice = voice_for(synth, body.voice.id if isinstance(body.voice, VoiceRef) else body.voice)
-    mode = Mode.SFT
+    mode, instructions, headers = Mode.SFT, "", {}
     if body.instructions:
-        mode = Mode.INSTRUCT2 if voice in synth.registry and voice not in synth.engine.capabilities.voices else Mode.INSTRUCT
+        caps = synth.engine.capabilities
+        wanted = Mode.INSTRUCT2 if voice in synth.registry and voice not in caps.voices else Mode.INSTRUCT
+        if wanted in caps.modes:
+            mode, instructions = wanted, body.instructions
+        else:  # a hint to OpenAI's models; LiveKit's and pipecat's examples send it to every server
+            headers[IGNORED_HEADER] = f"engine '{caps.engine}' has no {wanted.value} mode"
     encoder = open_encoder(body.response_format, synth.sample_rate, output_rate=OUTPUT_RATE)
     try:
-        stream = await synth.open(body.input, mode=mode, voice=voice, instruct_text=body.instructions or "", speed=body.speed)
+        stream = await synth.open(body.input, mode=mode, voice=voice, instruct_text=instructions, speed=body.speed)
     except UnsupportedMode as error:
-        param = "instructions" if body.instructions else "voice"
-        raise OpenAIError(400, str(error), param=param) from error
+        raise OpenAIError(400, str(error), param="instructions" if instructions else "voice") from error
     if body.stream_format == "sse":
-        return _sse_response(stream, encoder, body.input)
-    return AudioStreamingResponse(stream, encoder)
+        return _sse_response(stream, encoder, body.input, headers)
+    return AudioStreamingResponse(stream, encoder, headers)
 
 
 @router.get("/v1/audio/voices")
@@ -104,13 +111,13 @@ def _model_ids(synth: Synthesizer) -> list[str]:
     return [*OPENAI_MODELS, "cosyvoice", synth.engine.capabilities.model]
 
 
-def _sse_response(stream: AudioStream, encoder: StreamEncoder, text: str) -> Response:
+def _sse_response(stream: AudioStream, encoder: StreamEncoder, text: str, headers: dict[str, str]) -> Response:
     tokens = len(text.split())
     done = {"type": "speech.audio.done", "usage": {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens}}
     return AudioStreamingResponse(
         stream,
         encoder,
-        {"Cache-Control": "no-cache"},
+        {"Cache-Control": "no-cache", **headers},
         media_type="text/event-stream",
         wrap=lambda data: _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}),
         trailer=_event(done),
