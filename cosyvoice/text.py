@@ -9,11 +9,17 @@ The same splitter serves whole texts (HTTP) and text that arrives in pieces
 
 from __future__ import annotations
 
+import re
+
 _SENTENCE_END = frozenset(".!?…")
 _CLAUSE_END = frozenset(",;:—")
 # CJK punctuation and newlines end a clause without a following space.
 _SENTENCE_END_CJK = frozenset("。！？；\n")
 _CLAUSE_END_CJK = frozenset("，、：")
+# Every character that can end a clause: found by the regex engine, so plain runs of text cost no Python steps.
+_BREAK = re.compile("[" + re.escape("".join(_SENTENCE_END | _CLAUSE_END | _SENTENCE_END_CJK | _CLAUSE_END_CJK)) + "]")
+_LEADING_SPACE = re.compile(r"\s*")
+_SPEAKABLE = re.compile(r"[^\W_]")  # a letter or digit: a clause of only punctuation is not spoken
 _CLOSERS = frozenset("\"')]}»”’」』")
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st sr jr vs etc e.g i.e no fig approx dept est inc ltd co mt".split()
@@ -21,79 +27,97 @@ _ABBREVIATIONS = frozenset(
 
 
 class ClauseSplitter:
-    """Incremental clause segmentation: ``feed`` text, get finished clauses back."""
+    """Incremental clause segmentation: ``feed`` text, get finished clauses back.
+
+    Linear in the text however it arrives: a clause is looked for only in the
+    first ``max_chars`` characters after its start, and text already scanned
+    for the current clause is not scanned again when more arrives.
+    """
 
     def __init__(self, *, first_clause_chars: int = 10, clause_chars: int = 120, max_chars: int = 240) -> None:
         self.first_clause_chars = first_clause_chars
         self.clause_chars = clause_chars
         self.max_chars = max_chars
-        self._buffer = ""
+        self._text = ""
+        self._start = 0  # where the current clause begins in _text; what is before it is spoken for
+        self._scan = 0  # _text before this holds no cut for the current clause
         self._clauses = 0
 
     @property
     def pending(self) -> str:
         """Text received but not yet part of a finished clause."""
-        return self._buffer
+        return self._text[self._start :]
 
     def feed(self, text: str) -> list[str]:
         """Add text; return the clauses it completed."""
-        self._buffer += text
+        # After a drain less than max_chars is pending, so this copy is short.
+        self._text = self._text[self._start :] + text
+        self._scan -= self._start
+        self._start = 0
         return self._drain(final=False)
 
     def flush(self) -> list[str]:
         """End of input: return every remaining clause and start a new utterance."""
         clauses = self._drain(final=True)
-        self._buffer = ""
-        self._clauses = 0
+        self.reset()
         return clauses
 
     def reset(self) -> None:
         """Drop pending text (barge-in) and start a new utterance."""
-        self._buffer = ""
+        self._text = ""
+        self._start = self._scan = 0
         self._clauses = 0
 
     def _drain(self, *, final: bool) -> list[str]:
         clauses: list[str] = []
         while True:
-            self._buffer = self._buffer.lstrip()
+            self._start = _LEADING_SPACE.match(self._text, self._start).end()
+            self._scan = max(self._scan, self._start)
             cut = self._next_cut(final)
             if cut is None:
                 return clauses
-            clause, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
-            if _speakable(clause):
+            clause = self._text[self._start : cut].strip()
+            self._start = self._scan = cut
+            if _SPEAKABLE.search(clause):
                 clauses.append(clause)
                 self._clauses += 1
 
     def _next_cut(self, final: bool) -> int | None:
-        text = self._buffer
-        if not text:
+        """Where the clause starting at ``_start`` ends, if that is already certain."""
+        text, start = self._text, self._start
+        if start == len(text):
             return None
         soft_min = self.first_clause_chars if self._clauses == 0 else self.clause_chars
-        i = 0
-        while i < len(text):
+        window = min(len(text), start + self.max_chars)
+        i = self._scan
+        while (found := _BREAK.search(text, i, window)) is not None:
+            i = found.start()
             char = text[i]
-            if char in _SENTENCE_END_CJK or (char in _CLAUSE_END_CJK and i >= soft_min):
-                return _skip_closers(text, i + 1)
-            if char in _SENTENCE_END or char in _CLAUSE_END:
-                end = i + 1
-                while end < len(text) and (text[end] in _SENTENCE_END or text[end] in _CLAUSE_END):
-                    end += 1
-                end = _skip_closers(text, end)
-                if end == len(text):
-                    break  # the next character decides ("3." vs "3.5"); wait for it
-                if text[end].isspace():
-                    if char in _SENTENCE_END and not _is_abbreviation(text, i):
-                        return end
-                    if char in _CLAUSE_END and i >= soft_min:
-                        return end
-                i = end
+            if char in _SENTENCE_END_CJK or (char in _CLAUSE_END_CJK and i - start >= soft_min):
+                return _skip_closers(text, i + 1, window)
+            if char in _CLAUSE_END_CJK:
+                i += 1
                 continue
-            i += 1
-        if final:
+            end = i + 1  # the clause's end, after a run of punctuation and closers, inside the window
+            while end < window and (text[end] in _SENTENCE_END or text[end] in _CLAUSE_END):
+                end += 1
+            end = _skip_closers(text, end, window)
+            if end == len(text):
+                break  # the next character decides ("3." vs "3.5"); wait for it
+            if text[end].isspace():
+                if char in _SENTENCE_END and not _is_abbreviation(text, i, start):
+                    return end
+                if char in _CLAUSE_END and i - start >= soft_min:
+                    return end
+            i = end
+        else:
+            i = max(i, window)
+        self._scan = i
+        if final and len(text) - start <= self.max_chars:
             return len(text)
-        if len(text) >= self.max_chars:
-            space = text.rfind(" ", 0, self.max_chars)
-            return space if space > 0 else self.max_chars
+        if len(text) - start >= self.max_chars:
+            space = text.rfind(" ", start, start + self.max_chars)
+            return space if space > start else start + self.max_chars
         return None
 
 
@@ -103,21 +127,17 @@ def split_clauses(text: str, **options: int) -> list[str]:
     return splitter.feed(text) + splitter.flush()
 
 
-def _skip_closers(text: str, index: int) -> int:
-    while index < len(text) and text[index] in _CLOSERS:
+def _skip_closers(text: str, index: int, limit: int) -> int:
+    while index < limit and text[index] in _CLOSERS:
         index += 1
     return index
 
 
-def _is_abbreviation(text: str, dot: int) -> bool:
+def _is_abbreviation(text: str, dot: int, clause_start: int) -> bool:
     if text[dot] != ".":
         return False
     start = dot
-    while start > 0 and (text[start - 1].isalpha() or text[start - 1] == "."):
+    while start > clause_start and (text[start - 1].isalpha() or text[start - 1] == "."):
         start -= 1
     word = text[start:dot]
     return (len(word) == 1 and word.isupper()) or word.lower() in _ABBREVIATIONS
-
-
-def _speakable(clause: str) -> bool:
-    return any(char.isalnum() for char in clause)
