@@ -6,7 +6,12 @@ Each frame is one type byte, a 2-byte big-endian length and the payload:
 48 kHz), 0xff error. Asterisk does not pace what it is sent, so output goes
 out at real time, 20 ms a frame, at the rate the caller's audio arrives in.
 The session's id is the call's UUID, so a dialplan that knows the UUID can
-steer the call through the session control API.
+steer the call through the session control API; when the session closes
+from our side (the control API, the idle timeout, a shutdown), the call is
+hung up: a hangup frame, then the connection closes.
+
+The protocol has no authentication: whoever reaches the port can place
+calls, so the server listens on loopback unless configured otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from media.pacing import PacedReader
 from media.pcm import from_s16le, to_s16le
 from media.playout import Frame
 from signaling.bargein import BargeIn
+from signaling.inbound import CallerAudio
 from signaling.session import Session
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,7 @@ class AudioSocketCall:
         self.call_id = ""
         self.session: Session | None = None
         self.barge_in: BargeIn | None = None
+        self.inbound: CallerAudio | None = None
         self.rate = 8000
 
     async def run(self) -> None:
@@ -80,18 +87,25 @@ class AudioSocketCall:
             if first is not None and first[0] == HANGUP:
                 return
             self.session = self.open_session(self.call_id, self.rate)
+            closed = asyncio.Event()
+            self.session.on_close(closed.set)
+            self.inbound = CallerAudio(self.session)
             if self.barge_in_enabled:
                 self.barge_in = BargeIn(self.session, self.rate)
             if first is not None:
                 self._handle(*first)
             pacer = PacedReader(self.session.buffer, self.rate // 50, self._send_frame, lead=self.lead)
-            tasks = [asyncio.ensure_future(self._receive()), asyncio.ensure_future(pacer.run())]
+            receiver = asyncio.ensure_future(self._receive())
+            tasks = [receiver, asyncio.ensure_future(pacer.run()), asyncio.ensure_future(closed.wait())]
             if self.greeting:
                 self.session.say(self.greeting, flush=True)
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
                 if task.done() and not task.cancelled() and isinstance(task.exception(), ProtocolViolation):
                     raise task.exception()
+            if not receiver.done():  # the session ended on our side: hang up
+                log.info("audiosocket %s: hanging up (%s)", self.call_id, self.session.close_reason or "call ended")
+                await self._write(frame(HANGUP))
         except ProtocolViolation as error:
             log.warning("audiosocket %s: %s", self.call_id or "?", error)
             await self._write(frame(ERROR))
@@ -104,6 +118,10 @@ class AudioSocketCall:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.barge_in is not None:
+                self.barge_in.close()
+            if self.inbound is not None:
+                self.inbound.log_summary()
             if self.session is not None:
                 await self.session.close("call ended")
             self.writer.close()
@@ -130,7 +148,8 @@ class AudioSocketCall:
         if kind in AUDIO_RATES:
             if len(payload) % 2:
                 raise ProtocolViolation(f"audio frame with an odd length ({len(payload)} bytes)")
-            self.session.touch()
+            if not self.inbound.admit(len(payload) / 2 / AUDIO_RATES[kind]):
+                return
             if self.barge_in is not None and AUDIO_RATES[kind] == self.rate:
                 self.barge_in.heard(from_s16le(payload))
         elif kind == DTMF:

@@ -7,17 +7,31 @@ not count: while we play, caller audio is speech only if its level is within
 ``echo_margin_db`` of the loudest audio we sent in the last ``echo_window``
 seconds (a Geigel-style double-talk test); echo on phone lines returns
 attenuated by well over that margin.
+
+Detection runs off the event loop, in a small thread pool shared by every
+call, one job per call at a time; audio that arrives while a job runs waits
+in a bounded queue (the oldest is dropped beyond it), so a call's detection
+can fall behind but never stall the loop or grow without bound.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from media.vad import SpeechDetector
 from signaling.session import Session
+
+# Silero runs one ONNX thread per job; a few jobs at once keep cores for synthesis and the loop.
+_DETECTION = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="vad")
+# Caller audio waiting for detection: a job runs in milliseconds, so a backlog this long means the
+# machine is overloaded, and older audio matters less than what the caller says now.
+MAX_PENDING_SECONDS = 0.5
 
 
 class BargeIn:
@@ -45,6 +59,12 @@ class BargeIn:
         self._speech_run = 0.0
         self._silence_run = 0.0
         self._onset: float | None = None
+        self._pending: deque[np.ndarray] = deque()
+        self._pending_samples = 0
+        self._max_pending = round(MAX_PENDING_SECONDS * sample_rate)
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+        self.dropped_samples = 0
 
     def sent(self, samples: np.ndarray) -> None:
         """Audio we just sent toward the caller (the echo reference)."""
@@ -54,11 +74,34 @@ class BargeIn:
             self._sent.popleft()
 
     def heard(self, samples: np.ndarray) -> None:
-        """Audio from the caller."""
-        for probability, level in self.detector.process(samples):
-            far = max((rms for _, rms in self._sent), default=0.0)
-            is_speech = probability >= self.threshold and level >= far * self.echo_ratio
-            self._window(is_speech)
+        """Audio from the caller: queued for detection (never waits)."""
+        self._pending.append(samples)
+        self._pending_samples += len(samples)
+        while self._pending_samples > self._max_pending and len(self._pending) > 1:
+            dropped = self._pending.popleft()
+            self._pending_samples -= len(dropped)
+            self.dropped_samples += len(dropped)
+        self._arrived.set()
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._detect(), name=f"barge-in {self.session.id}")
+
+    def close(self) -> None:
+        """Stop detection (the call ended)."""
+        if self._worker is not None:
+            self._worker.cancel()
+
+    async def _detect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            audio = np.concatenate(self._pending)
+            self._pending.clear()
+            self._pending_samples = 0
+            for probability, level in await loop.run_in_executor(_DETECTION, self.detector.process, audio):
+                far = max((rms for _, rms in self._sent), default=0.0)
+                is_speech = probability >= self.threshold and level >= far * self.echo_ratio
+                self._window(is_speech)
 
     def _window(self, is_speech: bool) -> None:
         step = self.detector.window_seconds

@@ -14,8 +14,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import logging
@@ -29,6 +27,7 @@ from media.pacing import PacedReader
 from media.pcm import to_int16
 from media.playout import Frame, Reached
 from signaling.bargein import BargeIn
+from signaling.inbound import CallerAudio
 from signaling.session import Session
 
 log = logging.getLogger(__name__)
@@ -36,16 +35,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 8000
 FRAME_SAMPLES = 160  # 20 ms
 START_TIMEOUT = 10.0
-
-
-def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
-    """Twilio's request signature: base64 HMAC-SHA1 over the URL and the sorted POST parameters."""
-    payload = url + "".join(key + params[key] for key in sorted(params or {}))
-    return base64.b64encode(hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
-
-
-def signature_valid(auth_token: str, signature: str | None, url: str, params: dict[str, str] | None = None) -> bool:
-    return signature is not None and hmac.compare_digest(twilio_signature(auth_token, url, params), signature)
 
 
 class TwilioCall:
@@ -67,6 +56,7 @@ class TwilioCall:
         self.stream_sid = ""
         self.call_sid = ""
         self.barge_in: BargeIn | None = None
+        self.inbound: CallerAudio | None = None
         self.inbound_frames = 0
         self._marks: dict[str, Reached] = {}
         self._mark_ids = itertools.count(1)
@@ -88,6 +78,7 @@ class TwilioCall:
             log.warning("twilio call %s refused: %s", self.call_sid, error)
             await self._close(1008)
             return
+        self.inbound = CallerAudio(self.session)
         if self.barge_in_enabled:
             self.barge_in = BargeIn(self.session, SAMPLE_RATE)
         reader = PacedReader(self.session.buffer, FRAME_SAMPLES, self._send_frame, lead=self.lead)
@@ -102,6 +93,9 @@ class TwilioCall:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             events.close()
+            if self.barge_in is not None:
+                self.barge_in.close()
+            self.inbound.log_summary()
             await self.session.close("call ended")
             await self._close(1000)
 
@@ -155,13 +149,16 @@ class TwilioCall:
     def _inbound_media(self, media: dict) -> None:
         if media.get("track", "inbound") != "inbound":
             return
+        encoded = media.get("payload", "")
+        # Sized before decoding: base64 carries 3 bytes of μ-law (3 samples) in 4 characters.
+        if isinstance(encoded, str) and not self.inbound.admit(len(encoded) * 3 // 4 / SAMPLE_RATE):
+            return
         try:
-            payload = base64.b64decode(media.get("payload", ""), validate=True)
+            payload = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError, TypeError):
             self.session.events.emit("error", message="undecodable media payload ignored")
             return
         self.inbound_frames += 1
-        self.session.touch()
         if self.barge_in is not None and payload:
             self.barge_in.heard(ulaw_decode(payload) / np.float32(32768.0))
 

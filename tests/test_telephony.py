@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 
@@ -13,7 +14,7 @@ import pytest
 from gateway.settings import Settings
 from media.g711 import ulaw_decode
 from media.resample import resample
-from signaling.twilio import twilio_signature
+from signaling.twilio_signature import twilio_signature
 from tests.audio_checks import assert_speech_like, decode_b64_wav, window_levels_db
 from tests.servers import ServerThread, free_port, until
 from tests.telephony_peers import AsteriskPeer, TwilioPeer
@@ -224,7 +225,7 @@ async def test_signatures_are_checked(phone: ServerThread) -> None:
     form = {"CallSid": "CA123", "From": "+15550001111"}
     async with httpx.AsyncClient() as client:
         assert (await client.post(url, data=form)).status_code == 403
-        signed = await client.post(url, data=form, headers={"X-Twilio-Signature": twilio_signature(TOKEN, url, form)})
+        signed = await client.post(url, data=form, headers={"X-Twilio-Signature": twilio_signature(TOKEN, url, form.items())})
     assert signed.status_code == 200 and signed.headers["content-type"].startswith("application/xml")
     assert f'<Stream url="{stream_url(phone)}">' in signed.text
     assert '<Parameter name="voice" value="joe"/>' in signed.text and '<Parameter name="text" value="Hi there"/>' in signed.text
@@ -290,3 +291,131 @@ async def test_audiosocket_garbage_is_an_error_not_a_crash(phone: ServerThread) 
         await until(lambda: phone.app.state.sessions.get(str(healthy.call_id)) is not None, 5, "the server still serves")
     finally:
         await healthy.close()
+
+
+async def _loop_lag_during(server: ServerThread, action, seconds: float) -> float:
+    """The worst lateness (s) of a 5 ms timer on the server's event loop while ``action`` runs."""
+
+    async def probe() -> float:
+        worst, end = 0.0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            before = time.monotonic()
+            await asyncio.sleep(0.005)
+            worst = max(worst, time.monotonic() - before - 0.005)
+        return worst
+
+    lag = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(probe(), server.loop))
+    await asyncio.sleep(0.1)
+    await action()
+    return await lag
+
+
+def _loud_ulaw(seconds: float) -> bytes:
+    """Noise at full scale: every window is loud enough to reach the speech model."""
+    return np.random.default_rng(3).integers(0, 256, round(seconds * 8000), dtype=np.uint8).tobytes()
+
+
+async def test_a_huge_media_message_is_refused_without_stalling_anyone(phone: ServerThread) -> None:
+    peer = await twilio_call(phone)
+    try:
+        events = Events(phone, _twilio_sessions(phone)[-1].id)
+        await asyncio.sleep(0.2)
+        payload = base64.b64encode(_loud_ulaw(94)).decode()  # ~1 MB of base64, 94 s of audio in one message
+        message = json.dumps({"event": "media", "streamSid": peer.stream_sid, "media": {"track": "inbound", "payload": payload}})
+        lag = await _loop_lag_during(phone, lambda: peer.send_raw(message), 1.5)
+        # Before the limit this message ran the speech model over 94 s of audio on the loop (~0.8 s);
+        # 100 ms leaves room for parsing 1 MB of JSON on a busy shared CPU.
+        assert lag < 0.1, f"the server's event loop stalled for {lag * 1000:.0f} ms"
+        _, event = await events.wait("error", timeout=5)
+        assert "refused" in event["message"]
+        assert len(_twilio_sessions(phone)) == 1, "the call goes on"
+    finally:
+        await peer.stop()
+
+
+async def test_a_caller_sending_ten_times_real_time_is_limited(phone: ServerThread) -> None:
+    peer = await twilio_call(phone)
+    try:
+        events = Events(phone, _twilio_sessions(phone)[-1].id)
+        await asyncio.sleep(0.2)
+        frames = [base64.b64encode(_loud_ulaw(0.02)).decode()] * 10
+
+        async def flood() -> None:
+            start = time.monotonic()
+            for tick in range(100):  # 2 s of wall time, 20 s of audio
+                await asyncio.sleep(max(0.0, start + tick * 0.02 - time.monotonic()))
+                for payload in frames:
+                    await peer.send_raw(json.dumps({"event": "media", "media": {"track": "inbound", "payload": payload}}))
+
+        lag = await _loop_lag_during(phone, flood, 2.5)
+        assert lag < 0.1, f"the server's event loop stalled for {lag * 1000:.0f} ms"
+        _, event = await events.wait("error", timeout=5)
+        assert "faster than real time" in event["message"]
+    finally:
+        await peer.stop()
+
+
+async def test_audiosocket_caller_audio_is_admitted_at_real_time(phone: ServerThread) -> None:
+    peer = AsteriskPeer("127.0.0.1", phone.app.state.audiosocket.port)
+    await peer.connect(send_audio=False)
+    try:
+        call_id = str(peer.call_id)
+        await until(lambda: phone.app.state.sessions.get(call_id) is not None, 5, "session for the call")
+        (call,) = [c for c in phone.app.state.audiosocket.calls if c.call_id == call_id]
+        start = time.monotonic()
+        noise = np.random.default_rng(4).integers(-20000, 20000, 160, dtype=np.int16).astype("<i2").tobytes()
+        for tick in range(50):  # 1 s of wall time, 10 s of audio
+            await asyncio.sleep(max(0.0, start + tick * 0.02 - time.monotonic()))
+            for _ in range(10):
+                peer.send(0x10, noise)
+        peer.send(0x10, bytes(2 * 8000))  # one frame of a whole second: refused
+        await until(lambda: call.inbound.stats.refused_frames == 1, 5, "the long frame refused")
+        elapsed = time.monotonic() - start
+        stats = call.inbound.stats
+        # Real time plus the 1 s burst; 0.1 s for the frames in flight when the clock was read.
+        assert stats.accepted_seconds <= elapsed + 1.0 + 0.1, stats
+        assert stats.dropped_seconds >= 10 - elapsed - 1.0 - 0.1, stats
+    finally:
+        await peer.close()
+
+
+def test_caller_audio_gate_counts_real_time_plus_a_burst() -> None:
+    from types import SimpleNamespace
+
+    from signaling.inbound import CallerAudio
+
+    emitted: list[str] = []
+    session = SimpleNamespace(
+        id="s_test", transport="twilio", touch=lambda: None, events=SimpleNamespace(emit=lambda kind, **_: emitted.append(kind))
+    )
+    now = [0.0]
+    gate = CallerAudio(session, clock=lambda: now[0])
+    for _ in range(1000):  # 2 s of wall time, 20 ms frames at 10x real time
+        now[0] += 0.002
+        gate.admit(0.02)
+    # 2 s of real time plus the 1 s burst, to within one frame (the bucket refuses a frame it cannot fill).
+    assert abs(gate.stats.accepted_seconds - 3.0) <= 0.02, gate.stats
+    assert abs(gate.stats.dropped_seconds - 17.0) <= 0.02, gate.stats
+    assert not gate.admit(0.2) and gate.stats.refused_frames == 1
+    assert emitted == ["error", "error"], "each kind of refusal is reported once"
+
+
+async def test_audiosocket_hangs_up_when_the_session_is_closed(phone: ServerThread) -> None:
+    for closer in ("control api", "idle timeout"):
+        peer = AsteriskPeer("127.0.0.1", phone.app.state.audiosocket.port)
+        await peer.connect()
+        try:
+            call_id = str(peer.call_id)
+            await until(lambda: phone.app.state.sessions.get(call_id) is not None, 5, "session for the call")
+            if closer == "control api":
+                async with httpx.AsyncClient(base_url=phone.url) as client:
+                    assert (await client.delete(f"/v1/sessions/{call_id}")).status_code == 204
+            else:  # what the session manager's sweep does to an idle session
+                session = phone.app.state.sessions.get(call_id)
+                phone.call(lambda: session.close("idle timeout"))
+            async with asyncio.timeout(5):
+                await peer.closed.wait()
+            assert peer.frames[-1][1:] == (0x00, b""), f"{closer}: a hangup frame, then the connection closes"
+            await until(lambda: all(c.call_id != call_id for c in phone.app.state.audiosocket.calls), 5, "the call gone")
+        finally:
+            await peer.close()
