@@ -123,7 +123,8 @@ class ApiKeyMiddleware:
         if path in ("/", "/console") or (path == "/v1/health" and auth.health_public) or (path == "/metrics" and auth.metrics_public):
             return True
         # Twilio cannot send our keys; its own signature guards these when a token is set.
-        return path.startswith(TELEPHONY_PREFIX) and bool(self.settings.telephony.twilio_auth_token)
+        telephony = self.settings.telephony
+        return path.startswith(TELEPHONY_PREFIX) and bool(telephony.twilio_auth_token or telephony.twilio_shared_key_secret)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self.keys.open or self._public(scope["path"]):

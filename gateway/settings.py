@@ -74,6 +74,7 @@ class WebRTCSettings(Section):
 
 class TelephonySettings(Section):
     twilio_auth_token: str = ""
+    twilio_shared_key_secret: str = ""
     public_url: str = ""
     audiosocket_host: str = "127.0.0.1"
     audiosocket_port: int = Field(0, ge=0, le=65535)

@@ -22,7 +22,7 @@ import websockets
 
 from media.g711 import ulaw_decode, ulaw_encode
 from media.pcm import to_int16
-from signaling.twilio import twilio_signature
+from signaling.twilio_signature import twilio_signature
 
 FRAME = 160  # 20 ms of 8 kHz
 

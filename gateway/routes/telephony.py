@@ -12,7 +12,8 @@ from gateway.auth import accept
 from gateway.settings import Settings
 from media import vad
 from signaling.audiosocket import AudioSocketCall, AudioSocketServer
-from signaling.twilio import TwilioCall, signature_valid
+from signaling.twilio import TwilioCall
+from signaling.twilio_signature import TwilioSigning
 
 router = APIRouter(tags=["telephony"])
 log = logging.getLogger(__name__)
@@ -29,10 +30,10 @@ async def twilio_voice(request: Request) -> Response:
     ``speed`` and ``instruct_text`` become the stream's custom parameters.
     """
     settings: Settings = request.app.state.settings
-    token = settings.telephony.twilio_auth_token
-    if token:
-        form = {key: str(value) for key, value in (await request.form()).items()}
-        if not signature_valid(token, request.headers.get("x-twilio-signature"), _public_url(request, settings), form):
+    signing = _signing(settings)
+    if signing.enabled:
+        params, body = await _signed_content(request)
+        if not signing.verify(request.headers, _public_url(request, settings), params, body):
             raise HTTPException(403, "invalid X-Twilio-Signature")
     stream_url = _public_url(request, settings, path=STREAM_PATH, query=False).replace("http", "ws", 1)
     parameters = "".join(
@@ -51,10 +52,10 @@ async def twilio_voice(request: Request) -> Response:
 async def twilio_stream(websocket: WebSocket) -> None:
     app = websocket.app
     settings: Settings = app.state.settings
-    token = settings.telephony.twilio_auth_token
-    if token:
+    signing = _signing(settings)
+    if signing.enabled:
         url = _public_url(websocket, settings).replace("http", "ws", 1)
-        if not signature_valid(token, websocket.headers.get("x-twilio-signature"), url):
+        if not signing.verify(websocket.headers, url):
             log.warning("refused a Twilio stream with an invalid signature")
             await websocket.close(code=1008)  # before accept: the upgrade is answered 403
             return
@@ -83,6 +84,18 @@ def audiosocket_server(app: FastAPI) -> AudioSocketServer:
         )
 
     return AudioSocketServer(telephony.audiosocket_host, telephony.audiosocket_port, make_call)
+
+
+def _signing(settings: Settings) -> TwilioSigning:
+    return TwilioSigning(settings.telephony.twilio_auth_token, settings.telephony.twilio_shared_key_secret)
+
+
+async def _signed_content(request: Request) -> tuple[list[tuple[str, str]], bytes | None]:
+    """What Twilio signed besides the URL: every form field, repeats kept; or, for another body, the raw body."""
+    if request.headers.get("content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        return [(name, value) for name, value in form.multi_items() if isinstance(value, str)], None
+    return [], await request.body()
 
 
 def _public_url(connection: Request | WebSocket, settings: Settings, *, path: str | None = None, query: bool = True) -> str:
