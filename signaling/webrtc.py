@@ -34,6 +34,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.sdp import SessionDescription
 
 from media.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusEncoder
 from media.pacing import FrameClock
@@ -45,10 +47,22 @@ log = logging.getLogger(__name__)
 OUTPUT_RATE = SAMPLE_RATE  # sessions on WebRTC render at Opus's 48 kHz
 ENCODE_BATCH = 8  # frames per worker job: enough to pay for the hop, few enough to spread a tick over threads
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+# aiortc's DTLS offers only ECDHE-ECDSA suites, so a peer whose certificate is RSA
+# (GStreamer's webrtcbin) finds "no shared cipher" when it is the DTLS server, which
+# it is whenever the gateway answers its offer. The same suites with RSA
+# authentication follow the ECDSA ones: browsers (ECDSA certificates) pick as before.
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
+    b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
+)
 
 
 class OfferError(ValueError):
     """An SDP offer we cannot answer."""
+
+
+class SendOnlyOffer(OfferError):
+    """An offer whose audio never flows toward the client (a WHIP ingest offer): the session could not be heard."""
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:
@@ -65,6 +79,25 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+def _accept_rsa_peers() -> None:
+    """Give every aiortc DTLS context (ours and the bot client's) ``DTLS_CIPHERS`` (process-wide, once)."""
+    create = RTCCertificate._create_ssl_context
+    if getattr(create, "accepts_rsa_peers", False):
+        return
+
+    @functools.wraps(create)
+    def create_accepting_rsa(self: RTCCertificate, *args, **kwargs):
+        context = create(self, *args, **kwargs)
+        context.set_cipher_list(DTLS_CIPHERS)
+        return context
+
+    create_accepting_rsa.accepts_rsa_peers = True
+    RTCCertificate._create_ssl_context = create_accepting_rsa
+
+
+_accept_rsa_peers()
 
 
 def ice_servers(urls: Sequence[str]) -> list[RTCIceServer]:
@@ -163,6 +196,11 @@ class SessionAudioTrack(MediaStreamTrack):
         return packet
 
 
+def _receives_audio(offer: SessionDescription) -> bool:
+    """Whether an audio section lets the offerer receive (no direction attribute means ``sendrecv``)."""
+    return any(m.kind == "audio" and m.direction in (None, "sendrecv", "recvonly") for m in offer.media)
+
+
 class WebRTCPeer:
     """One peer connection carrying one session."""
 
@@ -184,9 +222,12 @@ class WebRTCPeer:
         if "m=audio" not in sdp:
             raise OfferError("the offer has no audio section: add a receiving audio transceiver")
         try:
+            receiving = _receives_audio(SessionDescription.parse(sdp))
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, KeyError, IndexError) as error:
             raise OfferError(f"cannot parse the SDP offer: {error}") from error
+        if not receiving:
+            raise SendOnlyOffer("the offer's audio is send-only or inactive, so nothing could hear the session")
         self.pc.addTrack(self.track)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription
