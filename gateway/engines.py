@@ -38,6 +38,7 @@ def build_engine(settings: Settings) -> Engine:
                 vllm_memory=cosyvoice.vllm_memory,
                 prompt_cache_mb=cosyvoice.prompt_cache_mb,
                 dtype=cosyvoice.dtype,
+                kv_cache=cosyvoice.kv_cache,
             ),
             max_text_chars=settings.limits.max_text_chars,
             clause_options=clause_options,

@@ -51,7 +51,8 @@ class CosyVoiceSettings(Section):
     prefill_chunk: int = Field(64, ge=1)
     vllm_memory: float = Field(0.5, gt=0, le=1)
     prompt_cache_mb: int = Field(1024, ge=0)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    kv_cache: Literal["dynamic", "static"] = "dynamic"
 
 
 class EmbeddedSettings(Section):

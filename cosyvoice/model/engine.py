@@ -64,7 +64,10 @@ class CosyVoiceOptions:
     prefill_chunk: int = 64  # prompt positions prefilled per LLM step while other sessions decode
     vllm_memory: float = 0.5  # the GPU memory fraction vLLM may take (llm_backend = vllm)
     prompt_cache_mb: int = 1024  # flow state after saved voices' prompts, kept for their next sessions (0: off)
-    dtype: str = "float32"  # float32, or bfloat16: the LLM's weights and the flow's compute (about twice as fast)
+    # float32, bfloat16 (the LLM's weights and the flow's compute: about twice as fast where native), or
+    # auto: bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX), float32 elsewhere
+    dtype: str = "auto"
+    kv_cache: str = "dynamic"  # dynamic (exact shapes), or static (fixed shapes: padded batch, preallocated)
 
 
 def resolve_device(device: str) -> str:
@@ -85,6 +88,7 @@ class CosyVoiceEngine(Engine):
         self.options = options
         self.clause_options = clause_options or {}
         self.components: Components | None = None
+        self.precision = torch.float32  # what ``dtype`` resolved to, once loaded
         self.scheduler: Scheduler | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cosyvoice-frontend")
         self._capabilities = Capabilities(
@@ -109,11 +113,11 @@ class CosyVoiceEngine(Engine):
         if device == "cpu":
             torch.set_num_threads(self.options.threads or max(1, (os.cpu_count() or 2) // 2))
         c = load_model(self.options.model_dir, device, onnx_threads=self.options.onnx_threads)
-        precision = getattr(torch, self.options.dtype)
+        precision = self.precision = resolve_dtype(self.options.dtype, device)
         if precision != torch.float32:  # decoding reads every weight per step: store them narrower
             c.llm.to(precision)
             flags = _cpu_flags() if device == "cpu" else set()
-            if flags and not flags & {"avx512_bf16", "amx_bf16"}:
+            if flags and not flags & NATIVE_BF16:
                 log.warning("dtype %s on a CPU without AVX512-BF16 or AMX is emulated: expect it slower than float32",
                             self.options.dtype)
         self.components = c
@@ -168,7 +172,9 @@ class CosyVoiceEngine(Engine):
             return VllmTokens(c.llm, export, gpu_memory_utilization=self.options.vllm_memory)
         if self.options.llm_backend != "torch":
             raise ValueError(f"llm_backend must be 'torch' or 'vllm', not {self.options.llm_backend!r}")
-        return TorchTokens(c.llm, prefill_chunk=self.options.prefill_chunk)
+        if self.options.kv_cache not in ("dynamic", "static"):
+            raise ValueError(f"kv_cache must be 'dynamic' or 'static', not {self.options.kv_cache!r}")
+        return TorchTokens(c.llm, prefill_chunk=self.options.prefill_chunk, static=self.options.kv_cache == "static")
 
     async def close(self) -> None:
         self._ready = False
@@ -326,6 +332,20 @@ class CosyVoiceEngine(Engine):
         if audio is None:
             raise InvalidRequest("mode 'vc' needs source audio")
         return self.components.speech_tokenizer(resample(audio.samples, audio.sample_rate, 16000))
+
+
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})  # x86 flags of CPUs that compute bfloat16 natively
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The precision to compute in. ``auto`` is bfloat16 only where it was measured to pay: a CPU with
+    AVX512-BF16 or AMX (about twice float32's throughput); float32 on other CPUs (which emulate
+    bfloat16, slower than float32) and on GPUs (not measured yet)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cpu" and _cpu_flags() & NATIVE_BF16 else torch.float32
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}")
+    return getattr(torch, dtype)
 
 
 def _cpu_flags() -> set[str]:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cosyvoice.model.conformer import Encoder
-from cosyvoice.model.qwen2 import Qwen2Config, Qwen2Encoder, SlotCache
+from cosyvoice.model.qwen2 import Qwen2Config, Qwen2Encoder, SlotCache, StaticSlotCache
 from cosyvoice.model.sampling import SamplingOptions, ras
 
 
@@ -72,8 +72,10 @@ class SpeechLM(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.llm_decoder(hidden).float().log_softmax(dim=-1)
 
-    def batch(self) -> DecodeBatch:
-        """An empty batch for advancing many decodings together (this model: one after another)."""
+    def batch(self, *, static: bool = False) -> DecodeBatch:
+        """An empty batch for advancing many decodings together (this model: one after another, each
+        step in its own exact shapes, so ``static`` changes nothing)."""
+        del static
         return DecodeBatch(self)
 
     # -- shared ----------------------------------------------------------
@@ -187,15 +189,17 @@ class DecodeBatch:
 
 class SlotBatch(DecodeBatch):
     """Qwen2 decodings whose caches live in the rows of one :class:`SlotCache`: one forward pass
-    advances them all."""
+    advances them all (``static``: in the fixed shapes of a :class:`StaticSlotCache`)."""
 
-    def __init__(self, lm: Qwen2LM) -> None:
+    def __init__(self, lm: Qwen2LM, *, static: bool = False) -> None:
         super().__init__(lm)
         weight = lm.speech_embedding.weight
-        self.cache = SlotCache(lm.llm.decoder.config, weight.device, weight.dtype)
+        kind = StaticSlotCache if static else SlotCache
+        self.cache = kind(lm.llm.decoder.config, weight.device, weight.dtype)
 
     def add(self, state: Decoding) -> None:
-        state.cache = self.cache.add(state.cache)  # the row index: rows follow ``states``
+        room = state.max_len - len(state.tokens)  # positions it may still add
+        state.cache = self.cache.add(state.cache, room)  # the row index: rows follow ``states``
         self.states.append(state)
 
     def remove(self, state: Decoding) -> None:
@@ -211,9 +215,10 @@ class SlotBatch(DecodeBatch):
         if not self.states:
             return
         ids = [tokens[id(state)] for state in self.states]
-        embeds = self.lm.embed_speech(torch.tensor(ids, device=self.cache.device).view(-1, 1))
+        embeds = self.lm.embed_speech(self.cache.stage(ids).view(-1, 1))
         hidden = self.lm.llm.decoder.decode(embeds, self.cache)
-        logp = self.lm.logits(hidden[:, -1]).cpu()  # sampling runs on the CPU: one transfer for the batch
+        # sampling runs on the CPU: one transfer for the batch (padding rows, if any, left behind)
+        logp = self.lm.logits(hidden[: len(ids), -1]).cpu()
         for row, (state, token) in enumerate(zip(self.states, ids)):
             state.tokens.append(token)
             state.logp = logp[row]
@@ -296,8 +301,8 @@ class Qwen2LM(SpeechLM):
         table = self.llm_embedding.weight
         return table[0], table[1]
 
-    def batch(self) -> DecodeBatch:
-        return SlotBatch(self)
+    def batch(self, *, static: bool = False) -> DecodeBatch:
+        return SlotBatch(self, static=static)
 
     def prompt(self, text, prompt_text, prompt_speech, embedding):
         del embedding  # the Qwen2 models take the speaker from the flow only

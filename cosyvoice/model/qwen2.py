@@ -6,7 +6,8 @@ takes the cache it extends and returns the new one, so the model object holds
 no request state and several requests can be stepped side by side. For
 continuous batching, :class:`SlotCache` holds many sequences' caches in the
 rows of shared tensors and :meth:`Qwen2Model.decode` extends them all by one
-token in one pass. Keys match ``llm.model.model.*`` in the official ``llm.pt``.
+token in one pass (:class:`StaticSlotCache`: in fixed shapes, for CUDA graphs).
+Keys match ``llm.model.model.*`` in the official ``llm.pt``.
 """
 
 from __future__ import annotations
@@ -204,15 +205,13 @@ class Qwen2Model(nn.Module):
         """Extend each of the first ``B`` rows of ``cache`` by one position: ``embeds`` ``[B, 1, H]`` ->
         normed hidden states ``[B, 1, H]``."""
         b = embeds.size(0)
-        positions = cache.lengths[:b]
+        positions, end = cache.positions(b)
         cos, sin = self._rotation(positions.view(b, 1, 1), embeds.dtype)  # [B, 1, 1, d]: any head, one position
-        end = int(positions.max()) + 1
-        cache.reserve(end)
         mask = (torch.arange(end, device=embeds.device) <= positions.unsqueeze(1)).view(b, 1, 1, end)
         x = embeds
         for i, layer in enumerate(self.layers):
             x = layer.decode(x, cos, sin, mask, i, cache)
-        cache.lengths[:b] += 1
+        cache.advance(b)
         return self.norm(x)
 
 
@@ -264,16 +263,43 @@ class SlotCache:
                 have_positions if positions <= have_positions else max(positions, 2 * have_positions),
             )
 
-    def add(self, cache: KVCache) -> int:
-        """Take a sequence's prefill cache (``[1, kv_heads, T, d]`` per layer) into a new last row."""
+    def add(self, cache: KVCache, room: int) -> int:
+        """Take a sequence's prefill cache (``[1, kv_heads, T, d]`` per layer) into a new last row;
+        ``room``: the most positions it may still add (this cache grows when they come)."""
+        del room
         row, length = self.active, cache[0][0].size(2)
         self.reserve(length, row + 1)
-        for i, (k, v) in enumerate(cache):
-            self.keys[i][row, :, :length] = k[0]
-            self.values[i][row, :, :length] = v[0]
+        self._copy_in(row, cache)
         self.lengths[row] = length
         self.active += 1
         return row
+
+    def _copy_in(self, row: int, cache: KVCache) -> None:
+        length = cache[0][0].size(2)
+        for i, (k, v) in enumerate(cache):
+            self.keys[i][row, :, :length] = k[0]
+            self.values[i][row, :, :length] = v[0]
+
+    def _length(self, row: int) -> int:
+        return int(self.lengths[row])
+
+    def rows(self, active: int) -> int:
+        """Rows a decode step of ``active`` sequences runs on (here: exactly those)."""
+        return active
+
+    def stage(self, ids: list[int]) -> Tensor:
+        """The step's input token ids on the device, one per row."""
+        return torch.tensor(ids, device=self.device)
+
+    def positions(self, b: int) -> tuple[Tensor, int]:
+        """Each of rows 0 .. b-1's new position ``[b]``, and how many positions the step attends over
+        (the longest row's, the new one included; reading it waits for the device)."""
+        end = int(self.lengths[:b].max()) + 1
+        self.reserve(end)
+        return self.lengths[:b], end
+
+    def advance(self, b: int) -> None:
+        self.lengths[:b] += 1
 
     def remove(self, row: int) -> int | None:
         """Free ``row``; the last row moves into it (returns that row's old index, None if none moved)."""
@@ -281,7 +307,7 @@ class SlotCache:
         self.active = last
         if row == last:
             return None
-        length = int(self.lengths[last])
+        length = self._length(last)
         for keys, values in zip(self.keys, self.values):
             keys[row, :, :length] = keys[last, :, :length]
             values[row, :, :length] = values[last, :, :length]
@@ -297,6 +323,87 @@ class SlotCache:
         self.keys[layer][rows, :, positions] = k[:, :, 0]
         self.values[layer][rows, :, positions] = v[:, :, 0]
         return self.keys[layer][:b, :, :end], self.values[layer][:b, :, :end]
+
+
+DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # batch sizes a fixed-shape step pads to; past 64, whole 64s
+SPAN_STEP = 256  # a fixed-shape step attends over a whole number of these: few shapes, < 256 masked positions
+
+
+def bucket(n: int) -> int:
+    """The smallest decode bucket holding ``n`` rows."""
+    for size in DECODE_BUCKETS:
+        if n <= size:
+            return size
+    top = DECODE_BUCKETS[-1]
+    return -(-n // top) * top
+
+
+class StaticSlotCache(SlotCache):
+    """A slot cache whose decode step has fixed shapes, so that a GPU could capture each
+    (bucket, span) step once in a graph and replay it.
+
+    A step runs on :func:`bucket` rows (padding rows read token 0 at position 0 of their
+    own row and are discarded), attends over a whole number of ``SPAN_STEP`` positions,
+    and allocates nothing: a sequence's row and all the positions it may reach are
+    allocated when it joins. Lengths are kept on the host, so a step reads nothing back
+    from the device; its token ids and positions go over in one copy per step (from
+    page-locked memory on CUDA, where that copy is then asynchronous).
+    """
+
+    def __init__(self, config: Qwen2Config, device: torch.device, dtype: torch.dtype) -> None:
+        self.host: list[int] = []  # rows 0 .. active-1's lengths; ``lengths`` is only the step's input
+        super().__init__(config, device, dtype)
+        self.span = SPAN_STEP
+
+    def _allocate(self, rows: int, positions: int) -> None:
+        super()._allocate(rows, positions)
+        pinned = self.device.type == "cuda"  # page-locked staging is a CUDA matter; a CPU copies in place
+        self.staging = torch.zeros(2, rows, dtype=torch.long, pin_memory=pinned)  # token ids, positions
+        self.ids = torch.zeros(rows, dtype=torch.long, device=self.device)
+
+    def add(self, cache: KVCache, room: int) -> int:
+        """Take a sequence's prefill cache into a new last row, with room for ``room`` more positions."""
+        row, length = self.active, cache[0][0].size(2)
+        have_rows, have_positions = self.capacity
+        needed = -(-(length + room + 1) // SPAN_STEP) * SPAN_STEP
+        if bucket(row + 1) > have_rows or needed > have_positions:
+            self._allocate(max(have_rows, bucket(row + 1)), max(have_positions, needed))
+        self._copy_in(row, cache)
+        self.host.append(length)
+        self.active += 1
+        return row
+
+    def remove(self, row: int) -> int | None:
+        moved = super().remove(row)
+        self.host[row] = self.host[-1]
+        self.host.pop()
+        return moved
+
+    def _length(self, row: int) -> int:
+        return self.host[row]
+
+    def rows(self, active: int) -> int:
+        return bucket(active)
+
+    def stage(self, ids: list[int]) -> Tensor:
+        """The step's token ids padded to the bucket (the positions go over with them)."""
+        b, n = bucket(len(ids)), len(ids)
+        # Safe to overwrite: the previous step's copy has completed, since its log-probabilities were read.
+        staged = self.staging[:, :b].numpy()
+        staged[:, n:] = 0
+        staged[0, :n] = ids
+        staged[1, :n] = self.host
+        longest = max(self.host) + 1
+        self.span = min(-(-longest // SPAN_STEP) * SPAN_STEP, self.capacity[1])
+        self.ids[:b].copy_(self.staging[0, :b], non_blocking=True)
+        self.lengths[:b].copy_(self.staging[1, :b], non_blocking=True)
+        return self.ids[:b]
+
+    def positions(self, b: int) -> tuple[Tensor, int]:
+        return self.lengths[:b], self.span
+
+    def advance(self, b: int) -> None:
+        self.host = [length + 1 for length in self.host]
 
 
 class Qwen2Backbone(nn.Module):

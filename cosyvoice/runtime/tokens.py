@@ -23,10 +23,10 @@ def token_limits(text_len: int) -> tuple[int, int]:
 
 
 class TorchTokens:
-    def __init__(self, llm: SpeechLM, *, prefill_chunk: int = 64) -> None:
+    def __init__(self, llm: SpeechLM, *, prefill_chunk: int = 64, static: bool = False) -> None:
         self.llm = llm
         self.prefill_chunk = prefill_chunk
-        self.batch = llm.batch()
+        self.batch = llm.batch(static=static)  # static: decode steps in fixed shapes (see StaticSlotCache)
         self.waiting: deque[Session] = deque()
         self.prefill: Prefill | None = None
         self.running: dict[Session, Decoding] = {}

@@ -72,6 +72,63 @@ async def test_bfloat16_streams_the_same_tokens_as_it_renders_whole(model_dirs, 
         await engine.close()
 
 
+@pytest.mark.parametrize("flags,device,expected", [
+    ({"avx512f", "avx512_bf16"}, "cpu", "bfloat16"),  # Zen 4, Cooper Lake and later Xeons
+    ({"avx512f", "amx_bf16", "amx_tile"}, "cpu", "bfloat16"),  # Sapphire Rapids
+    ({"avx2", "avx512f"}, "cpu", "float32"),  # bfloat16 emulated: slower than float32
+    (set(), "cpu", "float32"),  # flags unknown (not Linux)
+    ({"avx512_bf16"}, "cuda", "float32"),  # a GPU's bfloat16 is not measured yet
+])
+def test_auto_precision_follows_the_machine(monkeypatch, flags, device, expected):
+    import torch
+
+    from cosyvoice.model import engine as module
+
+    monkeypatch.setattr(module, "_cpu_flags", lambda: flags)
+    assert module.resolve_dtype("auto", device) == getattr(torch, expected)
+    assert module.resolve_dtype("float32", device) == torch.float32  # asked for: always that
+    assert module.resolve_dtype("bfloat16", device) == torch.bfloat16
+    with pytest.raises(ValueError, match="float16"):
+        module.resolve_dtype("float16", device)
+
+
+async def test_auto_is_the_default_and_resolved_at_load(model_dirs, monkeypatch):
+    import torch
+
+    from cosyvoice.model import engine as module
+
+    assert CosyVoiceOptions("x").dtype == "auto"
+    monkeypatch.setattr(module, "_cpu_flags", lambda: {"avx512_bf16"})
+    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[2]), device="cpu"))
+    await engine.start()
+    try:
+        assert engine.precision == torch.bfloat16
+        assert next(engine.components.llm.parameters()).dtype == torch.bfloat16
+    finally:
+        await engine.close()
+
+
+async def test_static_kv_cache_gives_the_same_audio(model_dirs):
+    """``kv_cache = "static"`` (fixed-shape decode steps) through the engine: a seeded request's
+    tokens, and so its audio, are those of the default cache (float32 pinned: the comparison is
+    of the caches, not of precisions)."""
+    audio = {}
+    for kind in ("dynamic", "static"):
+        engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[2]), device="cpu", dtype="float32", kv_cache=kind))
+        await engine.start()
+        try:
+            requests = [SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=s, stream=True) for s in (7, 8, 9)]
+            results = await asyncio.gather(*(collect(engine, r) for r in requests))  # batched together
+            audio[kind] = [np.concatenate(chunks) for chunks in results]
+        finally:
+            await engine.close()
+    # Same tokens, same length; the samples (peaks ~0.13) agree to float32 rounding, not bit for bit,
+    # since which sessions' chunks are rendered packed together depends on thread timing (measured
+    # 1e-5; another seed's tokens: 0.08).
+    for a, b in zip(audio["dynamic"], audio["static"]):
+        assert len(a) == len(b) and np.abs(a - b).max() < 1e-4
+
+
 async def test_seed_reproduces_and_speed_shortens(engine):
     request = SynthesisRequest(text="Same words twice.", mode=Mode.ZERO_SHOT, prompt_audio=PROMPT,
                                prompt_text="a prompt", seed=3, stream=False)
