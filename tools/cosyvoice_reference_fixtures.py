@@ -175,7 +175,9 @@ def stream_case(config, generation: int, gen: torch.Generator) -> dict:
 
     The schedule is this repository's with a small first hop (v2: 5 tokens, which brings the 20-token
     prompt to a 25-token boundary, then 25, 50, 100; v1: windows of 100 + 20); the vocoder's random
-    draws are zeros and v1's flow noise is seeded per call, so both sides can agree.
+    draws are zeros and v1's flow noise is seeded per call, so both sides can agree. The last call is
+    made as upstream's ``tts`` makes it: ``finalize`` without ``stream``, so the v2 flow recomputes every
+    token with full attention (no chunk masks) for the last segment.
     Stored per chunk: its length and its first and last samples, where the seams are.
     """
     from cosyvoice.cli.model import CosyVoice2Model, CosyVoiceModel
@@ -215,7 +217,7 @@ def stream_case(config, generation: int, gen: torch.Generator) -> dict:
                 next_hop = 25 if offset == 0 else min(100, this_hop * 2)
                 offset += this_hop
                 this_hop = next_hop
-            chunks.append(model.token2wav(token=tokens.unsqueeze(0), token_offset=offset, stream=True, finalize=True, **common))
+            chunks.append(model.token2wav(token=tokens.unsqueeze(0), token_offset=offset, finalize=True, **common))
         else:
             model = CosyVoiceModel(config["llm"], flow, config["hift"], False)
             model.hift_cache_dict[uuid] = None

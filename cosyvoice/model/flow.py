@@ -243,6 +243,12 @@ class FlowSession:
         """A new session that continues from this one, sharing its tensors (nothing is modified in place)."""
         return replace(self, encoder=replace(self.encoder, kv=list(self.encoder.kv)), estimator=self.estimator.fork())
 
+    def unmasked(self) -> FlowSession:
+        """A new session for the same prompt and speaker, from the first position, without chunk masks:
+        upstream renders a streamed utterance's last segment by recomputing [prompt | every token] with
+        full attention, so nothing carried by a streamed session applies to it."""
+        return FlowSession(self.prompt_feat, self.speaker, streaming=False)
+
 
 class _CausalFlow(_Flow):
     """v2/v3: two mel frames per token, a 3-token lookahead, and the fixed noise table."""

@@ -5,7 +5,10 @@ A renderer opens per-session state, says when a session's next chunk is ready
 
 * :class:`FlowRenderer` (v2/v3) streams on the hop schedule with the
   incremental flow (every session's new frames in one packed solver call) and
-  the chunked vocoder (v2: batched by shape; v3: incremental, packed).
+  the chunked vocoder (v2: batched by shape; v3: incremental, packed). The
+  last segment of a streamed utterance is upstream's final call: one pass
+  over [prompt | every token] with full attention, of which it keeps the
+  frames after the last audio boundary.
 * :class:`WindowRenderer` (v1) streams upstream's overlapping windows through
   the non-causal flow one session at a time, then vocodes the batch.
 
@@ -73,7 +76,11 @@ class FlowRenderer:
     streamed session's prompt goes through the flow before any speech token is
     needed, up to its last whole chunk whose lookahead is still in the prompt
     (or comes from the prompt cache); the rest of its whole chunks follow once
-    the first 3 speech tokens are known.
+    the first 3 speech tokens are known. Once the last token is known, what
+    is left after the last whole hop is rendered as upstream renders it: one
+    unmasked pass over the whole utterance (its cost grows with the
+    utterance, once per utterance; chunks of that segment solved earlier
+    with chunk masks are dropped).
     """
 
     def __init__(
@@ -117,6 +124,8 @@ class FlowRenderer:
         if _whole(session):
             return (known, True) if session.llm_done else None
         lookahead = self.c.flow.lookahead
+        if session.llm_done and known < state.next_end + lookahead:  # no whole hop left: the last segment
+            return known, True
         own, prompt_chunks = self._prompt_own(prompt), prompt - prompt % self.schedule.chunk
         if state.flow.tokens < own:
             return own, False
@@ -125,12 +134,12 @@ class FlowRenderer:
         block = min(state.next_end, (state.flow.tokens // self.schedule.chunk + 1) * self.schedule.chunk)
         if state.flow.tokens >= prompt_chunks and known >= block + lookahead:
             return block, False
-        return (known, True) if session.llm_done else None
+        return None
 
     def frames(self, session: Session) -> int:
-        """Mel frames the next chunk solves."""
-        end, _ = self.next_chunk(session)
-        return (end - session.render.flow.tokens) * self.c.flow.token_mel_ratio
+        """Mel frames the next chunk solves (the last one solves them all, prompt included)."""
+        end, final = self.next_chunk(session)
+        return (end - (0 if final else session.render.flow.tokens)) * self.c.flow.token_mel_ratio
 
     def render(self, sessions: list[Session]) -> list[np.ndarray]:
         flow = self.c.flow
@@ -139,6 +148,8 @@ class FlowRenderer:
             for session in sessions:
                 state: _Flowing = session.render
                 end, final = self.next_chunk(session)
+                if final and state.flow.streaming:
+                    state.flow, state.mel = state.flow.unmasked(), []
                 lookahead = 0 if final else flow.lookahead
                 positions = _positions(session, state.flow.tokens, end + lookahead)
                 flow.encode(state.flow, positions[: len(positions) - lookahead], None if final else positions[-lookahead:])
@@ -151,6 +162,8 @@ class FlowRenderer:
             if state.cache_key is not None and state.flow.tokens == self._prompt_own(session.prompt.flow_speech.numel()):
                 self.prompt_cache.put(state.cache_key, state.flow)
                 state.cache_key = None
+            if finals[i]:  # the pass covered every frame: keep those after the last audio boundary
+                mel = mel[:, :, (state.next_end - state.hop - session.prompt.flow_speech.numel()) * flow.token_mel_ratio :]
             state.mel.append(mel.float())
             if state.flow.tokens == state.next_end and not finals[i]:  # a hop is complete: its audio leaves
                 state.hop = self.schedule.next(state.hop, state.first)

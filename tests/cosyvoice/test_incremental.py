@@ -33,30 +33,35 @@ def inputs(seed: int, prompt_tokens: int = 20, tokens: int = 90):
 
 
 def recomputed(model, prompt, feat, embedding, tokens, hops):
-    """Upstream's streaming: every chunk runs the flow on all tokens so far, then slices."""
+    """Upstream's streaming: every chunk runs the flow on all tokens so far, then slices; the last call
+    (``finalize`` without ``stream``) has no chunk masks."""
     flow, out, offset = model.flow, [], 0
     for hop in hops:
         mel = flow(tokens[: offset + hop + 3], prompt, feat, embedding, model.noise, streaming=True, finalize=False)
         out.append(mel[:, :, offset * 2 :])
         offset += hop
-    out.append(flow(tokens, prompt, feat, embedding, model.noise, streaming=True, finalize=True)[:, :, offset * 2 :])
+    out.append(flow(tokens, prompt, feat, embedding, model.noise, streaming=False, finalize=True)[:, :, offset * 2 :])
     return torch.cat(out, dim=2)
 
 
 def incremental(model, prompt, feat, embedding, tokens, hops, *, noise=None, after_first=None, neighbour=None):
-    """Our streaming: each chunk's new tokens only, with carried state; optionally beside another session."""
+    """Our streaming: each chunk's new tokens only, with carried state, and the last segment from one
+    unmasked pass over everything; optionally beside another session."""
     flow, out, offset = model.flow, [], 0
     session = flow.begin(feat, embedding, streaming=True)
     sequence = torch.cat([prompt, tokens])
     for i, hop in enumerate(hops + [None]):
         final = hop is None
         end = len(sequence) if final else len(prompt) + offset + hop
+        if final:
+            session = session.unmasked()
         flow.encode(session, sequence[session.tokens : end], None if final else sequence[end : end + 3])
         sessions = [session]
         if neighbour is not None and neighbour.tokens < 100:  # its prompt and more, in whole chunks
             flow.encode(neighbour, torch.randint(0, 200, (25,)), torch.tensor([1, 2, 3]))
             sessions.append(neighbour)
-        out.append(flow.render(sessions, model.noise if noise is None else noise)[0])
+        mel = flow.render(sessions, model.noise if noise is None else noise)[0]
+        out.append(mel[:, :, offset * 2 :] if final else mel)
         if after_first is not None and i == 0:
             after_first(session)
         offset = end - len(prompt)
@@ -226,8 +231,9 @@ def test_first_hop_reaches_a_chunk_boundary(prompt, first_hop, expected):
 def test_streamed_v3_audio_equals_the_recompute_path(models):
     """The v3 renderer end to end: a 60-token prompt goes through the flow before any audio chunk (its
     two whole chunks, as soon as the lookahead is known), then one 25-token attention chunk per call;
-    audio leaves at the hop boundaries: the 15 tokens that reach the next boundary, then 25, 50; since
-    the v3 vocoder is exact, the streamed audio equals vocoding the recompute path's mel in one go."""
+    audio leaves at the hop boundaries: the 15 tokens that reach the next boundary, then 25, 50; the
+    last segment comes from one unmasked pass over everything (upstream's final call); since the v3
+    vocoder is exact, the streamed audio equals vocoding the recompute path's mel in one go."""
     from cosyvoice.model.pipeline import ModeInputs
     from cosyvoice.runtime.render import FlowRenderer
     from cosyvoice.runtime.session import Session
@@ -240,7 +246,7 @@ def test_streamed_v3_audio_equals_the_recompute_path(models):
     session = Session(ModeInputs(empty, empty, None, prompt, feat, embedding), None, lambda item: None, generation=3)
     renderer.open(session)
     assert renderer.next_chunk(session) == (50, False)  # before the first speech token
-    chunks, calls = [], []
+    chunks, calls, frames = [], [], []
     for token in tokens.tolist() + [None]:
         if token is None:
             session.llm_done = True
@@ -248,11 +254,14 @@ def test_streamed_v3_audio_equals_the_recompute_path(models):
             session.tokens.append(token)
         while (chunk := renderer.next_chunk(session)) is not None:
             calls.append((chunk[0], len(session.tokens)))
+            frames.append(renderer.frames(session))
             chunks.append(torch.from_numpy(renderer.render([session])[0]))
     # (chunk end in [prompt | tokens], tokens known): one attention chunk per call, as soon as its lookahead is known
     assert calls[:5] == [(50, 1), (75, 18), (100, 43), (125, 68), (150, 93)]
     # audio leaves at the hop boundaries (15, 25, 50 tokens): the 125 chunk's frames wait for the 150 one's
     assert [chunk.numel() > 0 for chunk in chunks[:5]] == [False, True, True, False, True]
+    # the last segment (after the hop that ends at 150): one pass over all 180 positions' frames
+    assert calls[-1] == (180, 120) and frames[-1] == 180 * 2 and frames[-2] == 25 * 2
     mel = recomputed(model, prompt, feat, embedding, tokens, [15, 25, 50])
     expected = model.hift(mel, draws)[0][0]
     # the flows' float32 rounding (~1e-6 in mel) reaches the excitation's phase through F0: ~1e-5 here
