@@ -14,6 +14,7 @@ from cosyvoice.engine import (
     SynthesisRequest,
 )
 from cosyvoice.errors import (
+    AudioTooLong,
     EngineFailure,
     EngineUnavailable,
     InvalidRequest,
@@ -27,6 +28,7 @@ from cosyvoice.errors import (
 __all__ = [
     "Audio",
     "AudioStream",
+    "AudioTooLong",
     "Capabilities",
     "Engine",
     "EngineFailure",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cosyvoice.errors import EngineUnavailable, InvalidRequest, UnknownVoice, UnsupportedMode
+from cosyvoice.errors import AudioTooLong, EngineUnavailable, InvalidRequest, UnknownVoice, UnsupportedMode
 
 MIN_SPEED = 0.25
 MAX_SPEED = 4.0
@@ -153,6 +153,7 @@ class AudioStream:
         self._queue: asyncio.Queue[np.ndarray | _End | _Failure] = asyncio.Queue(maxsize=lookahead)
         self._finished = False
         self._callbacks: list[Callable[[AudioStream], None]] = []
+        self._max_samples: int | None = None
         self._task = asyncio.get_running_loop().create_task(_run_producer(producer, self._queue))
 
     def __aiter__(self) -> AudioStream:
@@ -171,7 +172,15 @@ class AudioStream:
         if self.stats.first_chunk is None:
             self.stats.first_chunk = time.monotonic()
         self.stats.samples += len(item)
+        if self._max_samples is not None and self.stats.samples > self._max_samples:
+            self._task.cancel()
+            self._finish("failed")
+            raise AudioTooLong(f"the audio ran past {self._max_samples / self.sample_rate:.0f} s, far longer than its text takes to say")
         return item
+
+    def limit(self, max_samples: int) -> None:
+        """End the stream with :class:`AudioTooLong` once it would yield more than ``max_samples``."""
+        self._max_samples = max_samples
 
     @property
     def cancelled(self) -> bool:
@@ -288,6 +297,8 @@ class Engine(ABC):
             text = request.text.strip()
             if not text:
                 raise InvalidRequest("text is empty")
+            if not any(char.isalnum() for char in text):
+                raise InvalidRequest("text has nothing to speak: punctuation, symbols and emoji alone make no audio")
             if len(text) > self.max_text_chars:
                 raise InvalidRequest(
                     f"text is {len(text)} characters long; the limit is {self.max_text_chars}"

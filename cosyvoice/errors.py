@@ -25,6 +25,10 @@ class EngineFailure(SynthesisError):
     """The engine failed while producing audio (a server fault)."""
 
 
+class AudioTooLong(EngineFailure):
+    """A stream ran far past what its text takes to say (runaway generation, or text that expands without end)."""
+
+
 class VoiceNotFound(SynthesisError):
     """No saved voice has this id (HTTP 404 on the voice routes)."""
 
