@@ -5,6 +5,10 @@ facts), ``prompt.npy`` (float32 mono prompt audio) and ``features/<key>.npz``
 (what engines derived from it). A voice is built in a temporary directory,
 fsynced, and renamed into place in one step, so a crash mid-write leaves
 either the whole voice or nothing; leftovers are swept at start-up.
+
+``voice.json`` also names the voice's owner (the tenant that saved it, or
+none), written with the rest in the same step; a :class:`VoiceScope` is
+what one owner may see and change of the registry.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class VoiceInfo:
     sample_rate: int | None
     created: float
     source: str
+    owner: str | None = None  # the tenant that saved it; None: saved before tenants, or with no keys
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +61,7 @@ class VoiceInfo:
             "sample_rate": self.sample_rate,
             "created": self.created,
             "source": self.source,
+            "owner": self.owner,
         }
 
 
@@ -89,6 +95,7 @@ class VoiceRegistry:
             sample_rate=meta.get("sample_rate"),
             created=meta.get("created", 0.0),
             source=meta.get("source", "upload"),
+            owner=meta.get("owner"),
         )
 
     def list(self) -> list[VoiceInfo]:
@@ -125,6 +132,7 @@ class VoiceRegistry:
         features: dict[str, dict[str, np.ndarray]] | None = None,
         source: str = "upload",
         replace: bool = False,
+        owner: str | None = None,
     ) -> VoiceInfo:
         """Validate and save a voice atomically; ``replace`` overwrites an existing one."""
         check_id(voice_id)
@@ -140,6 +148,7 @@ class VoiceRegistry:
             "sample_rate": audio.sample_rate if audio else None,
             "created": time.time(),
             "source": source,
+            "owner": owner,
         }
         with self._lock:
             target = self.root / voice_id
@@ -188,6 +197,16 @@ class VoiceRegistry:
             self._voices.pop(voice_id, None)
         return self.info(new_id)
 
+    def owner(self, voice_id: str) -> str | None:
+        return self._read_meta(voice_id).get("owner")
+
+    def set_owner(self, voice_id: str, owner: str | None) -> VoiceInfo:
+        """Hand a voice to another tenant (or to none); ``voice.json`` is replaced in one step."""
+        with self._lock:
+            meta = {**self._read_meta(voice_id), "owner": owner}
+            _write_atomically(self.root / voice_id / "voice.json", json.dumps(meta, ensure_ascii=False, indent=1).encode())
+        return self.info(voice_id)
+
     def _store_features(self, voice_id: str, key: str, arrays: dict[str, np.ndarray]) -> None:
         with self._lock:
             folder = self.root / voice_id / "features"
@@ -211,6 +230,75 @@ class VoiceRegistry:
         for path in self.root.iterdir():
             if path.name.startswith(_TEMP_PREFIX):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+class VoiceScope:
+    """The saved voices one owner may use: its own, or every voice for an operator (``everything``).
+
+    Another owner's voice is absent here: not listed, not found, never
+    replaced. Ids are one namespace on disk, so its id is still taken (a
+    create or rename onto it is a conflict that reveals nothing else).
+    Checks and changes happen under the registry's lock, so a voice cannot
+    change hands between the two.
+    """
+
+    def __init__(self, registry: VoiceRegistry, owner: str | None, *, everything: bool) -> None:
+        self.registry = registry
+        self.owner = owner
+        self.everything = everything
+
+    def ids(self) -> list[str]:
+        with self.registry._lock:
+            return [voice_id for voice_id in self.registry.ids() if self._mine(voice_id)]
+
+    def __contains__(self, voice_id: object) -> bool:
+        with self.registry._lock:
+            return isinstance(voice_id, str) and voice_id in self.registry and self._mine(voice_id)
+
+    def info(self, voice_id: str) -> VoiceInfo:
+        with self.registry._lock:
+            self._check(voice_id)
+            return self.registry.info(voice_id)
+
+    def list(self) -> list[VoiceInfo]:
+        return [self.registry.info(voice_id) for voice_id in self.ids()]
+
+    def get(self, voice_id: str) -> SavedVoice:
+        with self.registry._lock:
+            self._check(voice_id)
+            return self.registry.get(voice_id)
+
+    def create(self, voice_id: str, audio: Audio | None, prompt_text: str = "", *, replace: bool = False, **options: Any) -> VoiceInfo:
+        """A new voice of this owner; ``replace`` overwrites only a voice in this scope, and keeps its owner."""
+        with self.registry._lock:
+            owner = self.owner
+            if voice_id in self.registry:
+                if not (replace and self._mine(voice_id)):
+                    raise VoiceExists(f"voice '{voice_id}' already exists")
+                owner = self.registry.owner(voice_id)
+            return self.registry.create(voice_id, audio, prompt_text, replace=replace, owner=owner, **options)
+
+    def delete(self, voice_id: str) -> None:
+        with self.registry._lock:
+            self._check(voice_id)
+            self.registry.delete(voice_id)
+
+    def rename(self, voice_id: str, new_id: str) -> VoiceInfo:
+        with self.registry._lock:
+            self._check(voice_id)
+            return self.registry.rename(voice_id, new_id)
+
+    def set_owner(self, voice_id: str, owner: str | None) -> VoiceInfo:
+        with self.registry._lock:
+            self._check(voice_id)
+            return self.registry.set_owner(voice_id, owner)
+
+    def _mine(self, voice_id: str) -> bool:
+        return self.everything or (self.owner is not None and self.registry.owner(voice_id) == self.owner)
+
+    def _check(self, voice_id: str) -> None:
+        if voice_id not in self:
+            raise VoiceNotFound(f"no saved voice '{voice_id}'")
 
 
 def check_id(voice_id: str) -> str:

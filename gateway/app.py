@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     once and ``/v1/health`` says 503 until the engine is ready."""
     settings = settings or Settings()
     keys = KeyStore.from_settings(settings)
+    telephony_caller = keys.telephony_caller(settings.telephony.owner)
     engine = engine or build_engine(settings)
     restrict_host_addresses(settings.webrtc.host_addresses)
     registry = VoiceRegistry(settings.data_dir / "voices", reserved=frozenset(engine.capabilities.voices))
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app = GatewayApp(title=NAME, version=__version__, lifespan=lifespan)
     app.state.settings = settings
+    app.state.keys = keys
+    app.state.telephony_caller = telephony_caller
     app.state.engine = engine
     app.state.engine_failure = None
     app.state.registry = registry

@@ -1,11 +1,17 @@
-"""API keys, per-key rate limits, and which paths are public.
+"""API keys, tenants, per-key rate limits, and which paths are public.
 
-Keys come from ``[auth] api_keys`` and from a keys file (TOML, a list of
-``[[keys]]`` tables with ``key``, ``name``, ``requests_per_minute`` and
-``max_sessions``). With no keys at all the gateway is open (local use).
-HTTP clients send ``Authorization: Bearer <key>``; WebSocket clients may
-also use the ``api_key`` query parameter or the subprotocol ``bearer.<key>``
-(browsers cannot set headers on a WebSocket).
+Keys come from ``[auth] api_keys`` and ``[auth] admin_keys`` and from a keys
+file (TOML, a list of ``[[keys]]`` tables with ``key``, ``name``,
+``requests_per_minute``, ``max_sessions`` and ``admin``). With no keys at
+all the gateway is open (local use). HTTP clients send
+``Authorization: Bearer <key>``; WebSocket clients may also use the
+``api_key`` query parameter or the subprotocol ``bearer.<key>`` (browsers
+cannot set headers on a WebSocket).
+
+A key's name is its tenant: sessions and saved voices belong to the name
+that created them and are invisible to other tenants. Keys that share a name
+are one tenant (two keys while one is rotated out). An admin key sees and
+steers everything: operators, and bots that drive calls they did not open.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.datastructures import Headers, QueryParams
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admission import RateLimited
@@ -28,12 +35,29 @@ SUBPROTOCOL_PREFIX = "bearer."
 TELEPHONY_PREFIX = "/v1/telephony/twilio/"
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a tenant (an API key's name), and whether it may act on every tenant's things."""
+
+    tenant: str | None
+    admin: bool = False
+
+    def owns(self, owner: str | None) -> bool:
+        """Whether a session or voice owned by ``owner`` exists for this caller."""
+        return self.admin or (self.tenant is not None and owner == self.tenant)
+
+
+OPERATOR = Caller(None, admin=True)  # open mode (no keys), and calls no key opened
+NOBODY = Caller(None)  # a public path while keys are on
+
+
 @dataclass
 class ApiKey:
     key: str
     name: str
     requests_per_minute: int = 0  # 0: no limit
     max_sessions: int = 0  # 0: no limit beyond the server's own
+    admin: bool = False
     _tokens: float = field(default=0.0, repr=False)
     _refilled: float = field(default_factory=time.monotonic, repr=False)
 
@@ -53,6 +77,10 @@ class ApiKey:
     def __post_init__(self) -> None:
         self._tokens = float(self.requests_per_minute)
 
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.name, self.admin)
+
 
 class KeyStore:
     def __init__(self, keys: list[ApiKey]) -> None:
@@ -62,6 +90,11 @@ class KeyStore:
     def from_settings(cls, settings: Settings) -> KeyStore:
         auth = settings.auth
         keys = [ApiKey(key, f"key{n + 1}", auth.requests_per_minute, auth.max_sessions_per_key) for n, key in enumerate(auth.api_keys)]
+        keys += [
+            ApiKey(key, f"admin{n + 1}", auth.requests_per_minute, auth.max_sessions_per_key, admin=True)
+            for n, key in enumerate(auth.admin_keys)
+        ]
+        generated = {key.name for key in keys}
         if auth.keys_file:
             path = Path(auth.keys_file)
             try:
@@ -71,15 +104,40 @@ class KeyStore:
             for n, entry in enumerate(entries):
                 if not isinstance(entry, dict) or not entry.get("key"):
                     raise ValueError(f"{path}: keys[{n}] needs a 'key'")
+                name = str(entry.get("name", f"file-key{n + 1}"))
+                if name in generated:  # one tenant by accident: its sessions and voices would be shared
+                    raise ValueError(f"{path}: keys[{n}] is named '{name}', the name of a key from [auth]")
+                if not isinstance(entry.get("admin", False), bool):
+                    raise ValueError(f"{path}: keys[{n}].admin must be true or false")
                 keys.append(
                     ApiKey(
                         str(entry["key"]),
-                        str(entry.get("name", f"file-key{n + 1}")),
+                        name,
                         int(entry.get("requests_per_minute", auth.requests_per_minute)),
                         int(entry.get("max_sessions", auth.max_sessions_per_key)),
+                        admin=entry.get("admin", False),
                     )
                 )
+        for name in {key.name for key in keys}:
+            if len({key.admin for key in keys if key.name == name}) > 1:
+                raise ValueError(f"keys named '{name}' are one tenant: all of them admin, or none")
         return cls(keys)
+
+    def names(self) -> set[str]:
+        return {key.name for key in self.keys}
+
+    def telephony_caller(self, owner: str) -> Caller:
+        """Who owns phone calls: ``[telephony] owner``'s tenant, or nobody (admins only) when unset.
+
+        Calls with no owner resolve voices as the operator, since the carrier's
+        parameters come from the operator's own (signed) configuration.
+        """
+        if not owner or self.open:
+            return OPERATOR
+        matching = [key for key in self.keys if key.name == owner]
+        if not matching:
+            raise ValueError(f"[telephony] owner '{owner}' is the name of no API key")
+        return matching[0].caller
 
     @property
     def open(self) -> bool:
@@ -110,7 +168,10 @@ def presented_key(scope: Scope) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """Authenticate every request that needs it; rate-limit by key. Sets ``scope["state"]["api_key"]``."""
+    """Authenticate every request that needs it; rate-limit by key.
+
+    Sets ``scope["state"]["caller"]`` on every request, and ``scope["state"]["api_key"]`` when a key was used.
+    """
 
     def __init__(self, app: ASGIApp, *, keys: KeyStore, settings: Settings, metrics: Metrics) -> None:
         self.app = app
@@ -127,7 +188,11 @@ class ApiKeyMiddleware:
         return path.startswith(TELEPHONY_PREFIX) and bool(telephony.twilio_auth_token or telephony.twilio_shared_key_secret)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.keys.open or self._public(scope["path"]):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.keys.open or self._public(scope["path"]):
+            scope.setdefault("state", {})["caller"] = OPERATOR if self.keys.open else NOBODY
             await self.app(scope, receive, send)
             return
         key = self.keys.find(presented_key(scope))
@@ -141,7 +206,9 @@ class ApiKeyMiddleware:
             self.metrics.rejects.labels("rate_limited").inc()
             await self._deny(scope, receive, send, 429, str(error), {"Retry-After": str(error.retry_after)})
             return
-        scope.setdefault("state", {})["api_key"] = key
+        state = scope.setdefault("state", {})
+        state["api_key"] = key
+        state["caller"] = key.caller
         await self.app(scope, receive, send)
 
     async def _deny(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, headers: dict[str, str]) -> None:
@@ -152,6 +219,11 @@ class ApiKeyMiddleware:
             await send({"type": "websocket.close", "code": code, "reason": message[:120]})
             return
         await error_response(scope["path"], status, message, headers=headers)(scope, receive, send)
+
+
+def caller_of(connection: HTTPConnection) -> Caller:
+    """The caller the middleware found; anything it did not mark sees nobody's things."""
+    return connection.scope.get("state", {}).get("caller", NOBODY)
 
 
 async def accept(websocket) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from cosyvoice import Engine
+from gateway.auth import caller_of
 from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 
@@ -18,4 +20,9 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_synthesizer(request: Request) -> Synthesizer:
-    return request.app.state.synthesizer
+    """The synthesizer with the saved voices this request's caller may use."""
+    return synthesizer_for(request)
+
+
+def synthesizer_for(connection: HTTPConnection) -> Synthesizer:
+    return connection.app.state.synthesizer.for_caller(caller_of(connection))

@@ -9,7 +9,7 @@ from fastapi import HTTPException
 
 from cosyvoice import AudioStream, InvalidRequest, Mode, SynthesisRequest
 from gateway.admission import RateLimited
-from gateway.auth import ApiKey
+from gateway.auth import OPERATOR, ApiKey, Caller
 from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
@@ -86,8 +86,10 @@ class SessionFactory:
         *,
         session_id: str | None = None,
         owner: ApiKey | None = None,
+        caller: Caller | None = None,
     ) -> Session:
-        """A new registered session.
+        """A new registered session, owned by ``caller`` (by default the ``owner`` key's tenant,
+        or the operator with no key) and speaking only in voices that caller may use.
 
         Raises ``InvalidRequest`` for a bad voice, ``Overloaded`` when the
         transport is at capacity, ``RateLimited`` when the key has all the
@@ -103,7 +105,8 @@ class SessionFactory:
                 raise RateLimited(f"key '{owner.name}' already has {owned} live sessions", retry_after=5)
         if session_id is not None and self.manager.get(session_id) is not None:
             raise ValueError(f"a session with id {session_id} is already live")
-        speech = SessionSpeech(self.synth, transport)
+        caller = caller or (owner.caller if owner is not None else OPERATOR)
+        speech = SessionSpeech(self.synth.for_caller(caller), transport)
         voice = speech.parse_voice(voice_fields, VoiceSettings())
         speech.check(voice)
         engine = self.settings.engine
@@ -119,7 +122,7 @@ class SessionFactory:
             },
             session_id=session_id,
         )
-        session.owner = owner.name if owner is not None else None
+        session.owner = caller.tenant
         metrics = self.synth.metrics
         session.events.tap = lambda event: metrics.session_event(event, transport, session.voice.mode.value)
         return self.manager.add(session)

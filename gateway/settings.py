@@ -81,6 +81,7 @@ class TelephonySettings(Section):
     audiosocket_port: int = Field(0, ge=0, le=65535)
     audiosocket_greeting: str = ""
     barge_in: bool = True
+    owner: str = ""  # the API key name whose tenant owns phone calls; empty: only admin keys steer them
 
 
 class PathSettings(Section):
@@ -102,6 +103,7 @@ class LimitSettings(Section):
 
 class AuthSettings(Section):
     api_keys: list[str] = []
+    admin_keys: list[str] = []  # keys that see and steer every tenant's sessions and voices
     keys_file: str = ""
     requests_per_minute: int = Field(0, ge=0)
     max_sessions_per_key: int = Field(0, ge=0)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import re
 from pathlib import Path
 
 from fastapi import HTTPException, UploadFile
 
 from cosyvoice import Audio, AudioStream, Engine, InvalidRequest, Mode, SynthesisRequest
-from cosyvoice.voices import VoiceRegistry, validate_prompt
+from cosyvoice.voices import VoiceRegistry, VoiceScope, validate_prompt
 from gateway.admission import Admission
+from gateway.auth import Caller
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from media.decode import AudioDecodeError, decode_audio
@@ -33,16 +35,26 @@ class UndecodableAudio(InvalidRequest):
 
 
 class Synthesizer:
-    """The engine, the voice registry, admission and metrics, behind one request builder."""
+    """The engine, the voice registry, admission and metrics, behind one request builder.
+
+    ``registry`` is the saved voices one caller may use; the app's own
+    synthesizer sees all of them, and each request gets :meth:`for_caller`'s.
+    """
 
     def __init__(
         self, engine: Engine, registry: VoiceRegistry, settings: Settings, admission: Admission, metrics: Metrics
     ) -> None:
         self.engine = engine
-        self.registry = registry
+        self.registry = VoiceScope(registry, None, everything=True)
         self.settings = settings
         self.admission = admission
         self.metrics = metrics
+
+    def for_caller(self, caller: Caller) -> Synthesizer:
+        """This synthesizer with only the saved voices ``caller`` may use: its tenant's, or all for an admin."""
+        scoped = copy.copy(self)
+        scoped.registry = VoiceScope(self.registry.registry, caller.tenant, everything=caller.admin)
+        return scoped
 
     @property
     def sample_rate(self) -> int:

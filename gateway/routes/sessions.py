@@ -4,6 +4,10 @@
 on every session whatever its transport (WebSocket, WebRTC, telephony), so a
 bot can steer a browser call or a phone call: list, say, cancel, close, and
 follow the events over SSE or a WebSocket.
+
+With API keys, a session belongs to the tenant whose key opened it: other
+tenants get a 404 for it, as if it did not exist; admin keys reach every
+session (phone calls with no ``[telephony] owner`` only them).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, HTTPException, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.requests import HTTPConnection
 
 from cosyvoice import InvalidRequest
 from gateway.admission import Overloaded, RateLimited
-from gateway.auth import accept
+from gateway.auth import accept, caller_of
 from gateway.settings import Settings
 from signaling.manager import SessionManager
 from signaling.protocol import ProtocolError
@@ -63,17 +68,18 @@ async def websocket_session(websocket: WebSocket) -> None:
 
 @router.get("/v1/sessions")
 async def list_sessions(request: Request) -> dict:
-    return {"sessions": [session.describe() for session in request.app.state.sessions.list()]}
+    caller = caller_of(request)
+    return {"sessions": [session.describe() for session in request.app.state.sessions.list() if caller.owns(session.owner)]}
 
 
 @router.get("/v1/sessions/{session_id}")
 async def get_session(session_id: str, request: Request) -> dict:
-    return _session(request.app, session_id).describe()
+    return _session(request, session_id).describe()
 
 
 @router.post("/v1/sessions/{session_id}/say")
 async def say(session_id: str, body: Say, request: Request) -> dict:
-    session = _session(request.app, session_id)
+    session = _session(request, session_id)
     try:
         utterance = session.say(body.text, flush=body.flush)
     except SessionClosed as error:
@@ -83,26 +89,26 @@ async def say(session_id: str, body: Say, request: Request) -> dict:
 
 @router.post("/v1/sessions/{session_id}/flush")
 async def flush(session_id: str, request: Request) -> dict:
-    utterance = _session(request.app, session_id).flush()
+    utterance = _session(request, session_id).flush()
     return {"session_id": session_id, "utterance_id": utterance.id if utterance else None}
 
 
 @router.post("/v1/sessions/{session_id}/cancel")
 async def cancel(session_id: str, request: Request) -> dict:
-    cancelled = _session(request.app, session_id).cancel("control api")
+    cancelled = _session(request, session_id).cancel("control api")
     return {"session_id": session_id, "cancelled": cancelled}
 
 
 @router.delete("/v1/sessions/{session_id}", status_code=204, response_class=Response)
 async def close(session_id: str, request: Request) -> Response:
-    await _session(request.app, session_id).close("closed by control api")
+    await _session(request, session_id).close("closed by control api")
     return Response(status_code=204)
 
 
 @router.get("/v1/sessions/{session_id}/events")
 async def events_sse(session_id: str, request: Request) -> StreamingResponse:
     """The session's events as server-sent events, until the session closes."""
-    subscription = _session(request.app, session_id).events.subscribe()
+    subscription = _session(request, session_id).events.subscribe()
 
     async def stream() -> AsyncIterator[bytes]:
         try:
@@ -117,7 +123,7 @@ async def events_sse(session_id: str, request: Request) -> StreamingResponse:
 
 @router.websocket("/v1/sessions/{session_id}/events")
 async def events_ws(websocket: WebSocket, session_id: str) -> None:
-    session = websocket.app.state.sessions.get(session_id)
+    session = _find(websocket, session_id)
     await accept(websocket)
     if session is None:
         await websocket.close(code=1008, reason="no such session")
@@ -133,9 +139,15 @@ async def events_ws(websocket: WebSocket, session_id: str) -> None:
         subscription.close()
 
 
-def _session(app, session_id: str) -> Session:
-    manager: SessionManager = app.state.sessions
-    session = manager.get(session_id)
+def _session(request: Request, session_id: str) -> Session:
+    session = _find(request, session_id)
     if session is None:
         raise HTTPException(404, f"no session '{session_id}'")
     return session
+
+
+def _find(connection: HTTPConnection, session_id: str) -> Session | None:
+    """The session, if it exists for this caller (another tenant's does not)."""
+    manager: SessionManager = connection.app.state.sessions
+    session = manager.get(session_id)
+    return session if session is not None and caller_of(connection).owns(session.owner) else None

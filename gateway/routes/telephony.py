@@ -8,7 +8,7 @@ from xml.sax.saxutils import quoteattr
 from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import Response
 
-from gateway.auth import accept
+from gateway.auth import NOBODY, accept, caller_of
 from gateway.settings import Settings
 from media import vad
 from signaling.audiosocket import AudioSocketCall, AudioSocketServer
@@ -60,9 +60,13 @@ async def twilio_stream(websocket: WebSocket) -> None:
             await websocket.close(code=1008)  # before accept: the upgrade is answered 403
             return
     await accept(websocket)
+    # Twilio's own call is the carrier's (see telephony_caller); with no auth token the socket needed a key, whose call it is.
+    caller = caller_of(websocket)
+    caller = app.state.telephony_caller if caller == NOBODY else caller
+    key = websocket.scope.get("state", {}).get("api_key")
     call = TwilioCall(
         websocket,
-        lambda parameters: app.state.session_factory.open("twilio", 8000, parameters),
+        lambda parameters: app.state.session_factory.open("twilio", 8000, parameters, owner=key, caller=caller),
         lead=settings.session.lead_ms / 1000,
         barge_in=settings.telephony.barge_in and vad.available(),
     )
@@ -77,7 +81,9 @@ def audiosocket_server(app: FastAPI) -> AudioSocketServer:
         return AudioSocketCall(
             reader,
             writer,
-            lambda call_id, rate: app.state.session_factory.open("audiosocket", rate, {}, session_id=call_id),
+            lambda call_id, rate: app.state.session_factory.open(
+                "audiosocket", rate, {}, session_id=call_id, caller=app.state.telephony_caller
+            ),
             lead=settings.session.lead_ms / 1000,
             barge_in=telephony.barge_in and vad.available(),
             greeting=telephony.audiosocket_greeting,

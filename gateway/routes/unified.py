@@ -13,7 +13,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from cosyvoice import Audio, AudioStream, Mode, SynthesisError
 from gateway.audio import AudioStreamingResponse, collect_audio
-from gateway.dependencies import get_synthesizer
+from gateway.dependencies import get_synthesizer, synthesizer_for
 from gateway.admission import Overloaded
 from gateway.auth import accept
 from gateway.synthesis import Synthesizer
@@ -63,7 +63,7 @@ async def tts_stream(body: TtsRequest, synth: Synthesizer = Depends(get_synthesi
 @router.websocket("/ws/v1/tts")
 async def ws_tts(websocket: WebSocket) -> None:
     """One JSON config in (the ``/v1/tts`` fields); binary s16le frames out; then ``{"done": true}``."""
-    synth: Synthesizer = websocket.app.state.synthesizer
+    synth = synthesizer_for(websocket)
     await accept(websocket)
     try:
         body = await _receive_config(websocket)

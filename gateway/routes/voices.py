@@ -1,4 +1,11 @@
-"""The voice registry over HTTP: create, list, get, rename, delete, import and export."""
+"""The voice registry over HTTP: create, list, get, rename, delete, import and export.
+
+With API keys, a saved voice belongs to the tenant whose key saved it: for
+every other tenant it does not exist (404 here, an unknown voice on the
+synthesis routes). Admin keys see every voice and may hand one to a tenant
+(``PATCH {"owner": name}``); voices saved before tenants (no owner) are the
+admins' until then. Built-in voices are everyone's.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from starlette.datastructures import UploadFile as FormFile
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from gateway.auth import caller_of
 from gateway.dependencies import get_synthesizer
 from gateway.synthesis import Synthesizer, UndecodableAudio
 from media.containers import wav_bytes
@@ -25,8 +33,9 @@ class VoiceJson(BaseModel):
     audio_base64: str
 
 
-class Rename(BaseModel):
-    id: str
+class VoiceChange(BaseModel):
+    id: str | None = None  # a new id
+    owner: str | None = None  # admin keys: the tenant (key name) the voice now belongs to; null: none (admins only)
 
 
 @router.get("")
@@ -121,8 +130,22 @@ async def get_voice_audio(voice_id: str, synth: Synthesizer = Depends(get_synthe
 
 
 @router.patch("/{voice_id}")
-async def rename_voice(voice_id: str, body: Rename, synth: Synthesizer = Depends(get_synthesizer)) -> dict:
-    return synth.registry.rename(voice_id, body.id).as_dict()
+async def change_voice(
+    voice_id: str, body: VoiceChange, request: Request, synth: Synthesizer = Depends(get_synthesizer)
+) -> dict:
+    """Rename (``id``) and, with an admin key, hand to another tenant (``owner``)."""
+    if body.id is None and "owner" not in body.model_fields_set:
+        raise HTTPException(422, "send a new 'id', or (admin keys) an 'owner'")
+    info = synth.registry.info(voice_id)
+    if "owner" in body.model_fields_set:
+        if not caller_of(request).admin:
+            raise HTTPException(403, "only admin keys change a voice's owner")
+        if body.owner is not None and body.owner not in request.app.state.keys.names():
+            raise HTTPException(400, f"owner '{body.owner}' is the name of no API key")
+        info = synth.registry.set_owner(voice_id, body.owner)
+    if body.id is not None:
+        info = synth.registry.rename(voice_id, body.id)
+    return info.as_dict()
 
 
 @router.delete("/{voice_id}", status_code=204, response_class=Response)

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from cosyvoice import InvalidRequest
+from gateway.auth import caller_of
 from gateway.settings import Settings
 from signaling.session import Session
 from signaling.webrtc import OUTPUT_RATE, OfferError, WebRTCPeer
@@ -44,7 +45,7 @@ async def whip(request: Request) -> Response:
 @router.delete("/v1/whip/{session_id}", response_class=Response)
 async def whip_delete(session_id: str, request: Request) -> Response:
     session = request.app.state.sessions.get(session_id)
-    if session is None or session.transport != "webrtc":
+    if session is None or session.transport != "webrtc" or not caller_of(request).owns(session.owner):
         raise HTTPException(404, f"no WHIP session '{session_id}'")
     await session.close("WHIP resource deleted")
     return Response(status_code=200)
