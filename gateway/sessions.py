@@ -107,7 +107,8 @@ class SessionFactory:
             raise ValueError(f"a session with id {session_id} is already live")
         caller = caller or (owner.caller if owner is not None else OPERATOR)
         speech = SessionSpeech(self.synth.for_caller(caller), transport)
-        voice = speech.parse_voice(voice_fields, VoiceSettings())
+        # The default voice by name, so that session.created says what the session will sound like.
+        voice = speech.parse_voice(voice_fields, VoiceSettings(voice=self.synth.engine.capabilities.default_voice))
         speech.check(voice)
         engine = self.settings.engine
         session = Session(

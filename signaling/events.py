@@ -60,8 +60,12 @@ class EventHub:
             self._subscribers.add(subscription)
         return subscription
 
+    def stamped(self, kind: str, **fields: Any) -> dict:
+        """A message of this session, not published: direct replies carry the same envelope as events."""
+        return {"type": kind, "session_id": self.session_id, "time": round(time.time(), 3), **fields}
+
     def emit(self, kind: str, **fields: Any) -> dict:
-        event = {"type": kind, "session_id": self.session_id, "time": round(time.time(), 3), **fields}
+        event = self.stamped(kind, **fields)
         if self.tap is not None:
             self.tap(event)
         for subscription in list(self._subscribers):

@@ -36,7 +36,7 @@ def parse(raw: str | bytes) -> dict[str, Any]:
 
 
 def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -> dict[str, Any] | None:
-    """Carry out one client message; returns a direct reply, if the message has one.
+    """Carry out one client message; returns a direct reply (with the envelope of events), if the message has one.
 
     Problems become ``error`` events (with the offending message's type), so
     the session survives a bad message.
@@ -48,10 +48,10 @@ def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -
             if not isinstance(text, str):
                 raise ProtocolError('"text" must be a string')
             utterance = session.say(text, flush=bool(message.get("flush", False)))
-            return {"type": "text.accepted", "utterance_id": utterance.id}
+            return session.events.stamped("text.accepted", utterance_id=utterance.id)
         if kind == "flush":
             utterance = session.flush()
-            return {"type": "flushed", "utterance_id": utterance.id if utterance else None}
+            return session.events.stamped("flushed", utterance_id=utterance.id if utterance else None)
         if kind == "cancel":
             session.cancel(str(message.get("reason", "cancel")))
             return None
@@ -63,9 +63,9 @@ def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -
             return None
         if kind == "session.update":
             session.configure(parse_voice(message, session.voice))
-            return {"type": "session.updated", "session": session.describe()}
+            return session.events.stamped("session.updated", session=session.describe())
         if kind == "ping":
-            return {"type": "pong", "id": message.get("id")}
+            return session.events.stamped("pong", id=message.get("id"))
         raise ProtocolError(f"unknown message type '{kind}'")
     except (ProtocolError, SynthesisError, SessionClosed) as error:
         session.events.emit("error", message=str(error), request_type=kind)

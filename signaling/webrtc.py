@@ -40,6 +40,7 @@ from aiortc.sdp import SessionDescription
 from media.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusEncoder
 from media.pacing import FrameClock
 from signaling.protocol import ProtocolError, VoiceParser, apply, parse
+from signaling.events import Subscription
 from signaling.session import Session
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 OUTPUT_RATE = SAMPLE_RATE  # sessions on WebRTC render at Opus's 48 kHz
 ENCODE_BATCH = 8  # frames per worker job: enough to pay for the hop, few enough to spread a tick over threads
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+# Events a peer's first data channel may have missed before it opened (ICE and DTLS take a second or
+# so: a few utterance events and two playback events a second); beyond it the oldest are dropped and counted.
+EARLY_EVENTS = 100
 # aiortc's DTLS offers only ECDHE-ECDSA suites, so a peer whose certificate is RSA
 # (GStreamer's webrtcbin) finds "no shared cipher" when it is the DTLS server, which
 # it is whenever the gateway answers its offer. The same suites with RSA
@@ -211,6 +215,8 @@ class WebRTCPeer:
         self.track = SessionAudioTrack(session, bitrate)
         self.inbound_frames = 0
         self._tasks: set[asyncio.Task] = set()
+        # Held for the first data channel, which opens after the offer's text was said: it sees the session from its start.
+        self._early_events: Subscription | None = session.events.subscribe(maxsize=EARLY_EVENTS)
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_state)
@@ -255,9 +261,11 @@ class WebRTCPeer:
                 self.inbound_frames += 1
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        events = self.session.events.subscribe()
+        events, self._early_events = self._early_events or self.session.events.subscribe(), None
+        greeted = asyncio.Event()
 
         async def forward() -> None:
+            await greeted.wait()
             async for event in events:
                 if channel.readyState == "open":
                     channel.send(json.dumps(event, ensure_ascii=False))
@@ -267,7 +275,7 @@ class WebRTCPeer:
             try:
                 reply = apply(self.session, parse(message), self.parse_voice)
             except ProtocolError as error:
-                reply = {"type": "error", "message": str(error)}
+                reply = self.session.events.stamped("error", message=str(error))
             if reply is not None and channel.readyState == "open":
                 channel.send(json.dumps(reply, ensure_ascii=False))
 
@@ -276,7 +284,8 @@ class WebRTCPeer:
             events.close()
 
         def hello() -> None:
-            channel.send(json.dumps({"type": "session.created", "session": self.session.describe()}))
+            channel.send(json.dumps(self.session.events.stamped("session.created", session=self.session.describe())))
+            greeted.set()
 
         self._spawn(forward())
         if channel.readyState == "open":

@@ -73,16 +73,13 @@ class WebSocketTransport:
         self._encoder = OpusEncoder(bitrate=opus_bitrate) if audio.codec == "opus" else None
         self._reader = PacedReader(session.buffer, round(audio.sample_rate * FRAME_SECONDS), self._send_frame, lead=lead)
         self._send_lock = asyncio.Lock()
+        # Subscribed before anything is said: text that came with the opening starts an utterance the client sees.
+        self._events = session.events.subscribe()
 
     async def run(self) -> None:
-        events = self.session.events.subscribe()
-        await self._send_json(
-            {
-                "type": "session.created",
-                "session": self.session.describe(),
-                "audio": {"format": self.audio.codec, "sample_rate": self.audio.sample_rate, "channels": 1, "frame_ms": 20},
-            }
-        )
+        events = self._events
+        audio = {"format": self.audio.codec, "sample_rate": self.audio.sample_rate, "channels": 1, "frame_ms": 20}
+        await self._send_json(self.session.events.stamped("session.created", session=self.session.describe(), audio=audio))
         tasks = [
             asyncio.ensure_future(self._receive()),
             asyncio.ensure_future(self._reader.run()),
@@ -115,7 +112,7 @@ class WebSocketTransport:
             try:
                 reply = apply(self.session, parse(message.get("text") or ""), self.parse_voice)
             except ProtocolError as error:
-                reply = {"type": "error", "message": str(error)}
+                reply = self.session.events.stamped("error", message=str(error))
             if reply is not None:
                 await self._send_json(reply)
             if self.session.closed:

@@ -153,6 +153,36 @@ def test_bad_messages_are_errors_not_disconnects(gateway: ServerThread) -> None:
         listener.close()
 
 
+def test_text_in_the_opening_starts_an_utterance_the_client_sees(gateway: ServerThread) -> None:
+    listener = Listener(gateway.url, "format=pcm&sample_rate=24000&text=Words%20from%20the%20query.")
+    try:
+        listener.event("utterance.done")
+        kinds = [event["type"] for _, event in listener.events]
+        assert kinds.index("utterance.started") < kinds.index("utterance.first_audio") < kinds.index("utterance.done")
+        assert listener.event("utterance.started")[1]["utterance_id"] == "u1"
+    finally:
+        listener.close()
+
+
+def test_direct_replies_carry_the_session_and_time_and_created_names_the_default_voice(gateway: ServerThread) -> None:
+    listener = Listener(gateway.url)
+    try:
+        session = listener.created["session"]
+        assert session["voice"] == gateway.engine.capabilities.default_voice == "joe", "the voice it will speak in, not null"
+        listener.send(type="text", text="A reply, ")
+        listener.send(type="flush")
+        listener.send(type="ping", id=3)
+        listener.send(type="session.update", speed=1.1)
+        listener.socket.send("not json")
+        replies = [listener.event(kind)[1] for kind in ("text.accepted", "flushed", "pong", "session.updated", "error")]
+        for message in [listener.created, *replies]:
+            assert message["session_id"] == listener.session_id, message
+            assert abs(message["time"] - time.time()) < 30, message  # Unix seconds: generous for a loaded CI machine
+        assert replies[3]["session"]["voice"] == "joe"
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize("query", ["format=mp3", "sample_rate=12345", "voice=nobody", "mode=vc"])
 def test_bad_session_parameters_close_with_a_reason(gateway: ServerThread, query: str) -> None:
     url = gateway.url.replace("http", "ws") + "/ws/v1/session?" + query
