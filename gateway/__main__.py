@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app, drain
+from gateway.connections import HeadDeadlineProtocol
 from gateway.request_id import RequestIdLogFilter
 from gateway.settings import SettingsError, load_settings
 
@@ -82,9 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(settings)
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
+    server = settings.server
     config = uvicorn.Config(
-        app, host=settings.server.host, port=settings.server.port, log_level=settings.server.log_level, log_config=log_config()
-    )
+        app, host=server.host, port=server.port, log_level=server.log_level, log_config=log_config(),
+        http=functools.partial(HeadDeadlineProtocol, head_timeout=server.request_head_timeout),
+        limit_concurrency=server.max_connections,
+    )  # fmt: skip
     GatewayServer(config, app, settings.server.shutdown_grace).run()
 
 

@@ -29,6 +29,8 @@ class ServerSettings(Section):
     log_level: str = "info"
     cors_origins: list[str] = []
     shutdown_grace: float = Field(10.0, ge=0)
+    request_head_timeout: float = Field(10.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
 
 
 class EngineSettings(Section):

@@ -19,6 +19,7 @@ from fastapi import HTTPException, UploadFile
 from cosyvoice import Audio, AudioStream, Engine, InvalidRequest, Mode, SynthesisRequest
 from cosyvoice.voices import VoiceRegistry, VoiceScope, validate_prompt
 from gateway.admission import Admission
+from gateway.budget import audio_budget
 from gateway.auth import Caller
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -118,8 +119,9 @@ class Synthesizer:
         return stream
 
     def start(self, request: SynthesisRequest, transport: str, *, first_audio: bool = True) -> AudioStream:
-        """The engine stream for ``request``, with its figures recorded when it ends."""
+        """The engine stream for ``request``, its audio bounded by its text, its figures recorded when it ends."""
         stream = self.engine.synthesize(request)
+        stream.limit(round(audio_budget(request) * stream.sample_rate))
         self.metrics.observe_stream(stream, transport, request.mode.value, first_audio=first_audio)
         return stream
 

@@ -6,13 +6,14 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from pydantic import BaseModel, Field, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from cosyvoice import Audio, AudioStream, Mode, SynthesisError
-from gateway.audio import AudioStreamingResponse, collect_audio
+from gateway.audio import SEND_TIMEOUT, AudioStreamingResponse, collect_audio
 from gateway.dependencies import get_synthesizer, synthesizer_for
 from gateway.admission import Overloaded
 from gateway.auth import accept
@@ -21,6 +22,10 @@ from media.containers import PcmEncoder, wav_bytes
 from media.pcm import to_s16le
 
 router = APIRouter(tags=["unified v1"])
+log = logging.getLogger(__name__)
+
+# A /ws/v1/tts client says what to synthesize at once; one that says nothing holds a socket for nothing.
+CONFIG_TIMEOUT = 10.0
 
 
 class TtsRequest(BaseModel):
@@ -66,9 +71,14 @@ async def ws_tts(websocket: WebSocket) -> None:
     synth = synthesizer_for(websocket)
     await accept(websocket)
     try:
-        body = await _receive_config(websocket)
+        async with asyncio.timeout(CONFIG_TIMEOUT):
+            body = await _receive_config(websocket)
         stream = await _open(synth, body, streaming=True)
     except WebSocketDisconnect:
+        return
+    except TimeoutError:
+        await websocket.send_json({"error": f"no config within {CONFIG_TIMEOUT:g} s", "done": True})
+        await websocket.close(code=1008)
         return
     except (ValidationError, ValueError, SynthesisError, HTTPException, Overloaded) as error:
         await websocket.send_json({"error": _message(error), "done": True})
@@ -94,7 +104,8 @@ async def _send_until_disconnect(websocket: WebSocket, stream: AudioStream) -> b
 
     async def send_all() -> None:
         async for samples in stream:
-            await websocket.send_bytes(to_s16le(samples))
+            async with asyncio.timeout(SEND_TIMEOUT):  # a client that stopped reading gives up its slot
+                await websocket.send_bytes(to_s16le(samples))
 
     async def wait_for_close() -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
@@ -109,9 +120,15 @@ async def _send_until_disconnect(websocket: WebSocket, stream: AudioStream) -> b
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
-    if sender.cancelled() or sender.exception() is not None:
+    if sender.cancelled():
         return False
-    return True
+    if isinstance(sender.exception(), SynthesisError):  # e.g. the audio ran far too long: say so
+        log.warning("/ws/v1/tts stream failed: %s", sender.exception())
+        with contextlib.suppress(Exception):
+            await websocket.send_json({"error": str(sender.exception()), "done": True})
+            await websocket.close(code=1011)
+        return False
+    return sender.exception() is None
 
 
 async def _open(synth: Synthesizer, body: TtsRequest, *, streaming: bool) -> AudioStream:

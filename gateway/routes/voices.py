@@ -9,7 +9,9 @@ admins' until then. Built-in voices are everyone's.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
@@ -17,6 +19,7 @@ from starlette.datastructures import UploadFile as FormFile
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from cosyvoice.voices import check_id
 from gateway.auth import caller_of
 from gateway.dependencies import get_synthesizer
 from gateway.synthesis import Synthesizer, UndecodableAudio
@@ -25,6 +28,11 @@ from media.containers import wav_bytes
 router = APIRouter(prefix="/v1/voices", tags=["voices"])
 
 SPK2INFO_KEY = "spk2info"  # features imported from (or exportable to) a CosyVoice spk2info.pt
+# Voices one spk2info import may create: CosyVoice ships a handful of speakers; each voice is a
+# directory on disk, so a file of thousands of tiny entries would be a flood, not a voice set.
+MAX_IMPORT_ENTRIES = 256
+MAX_FEATURES = 32  # tensors per speaker (CosyVoice2's zero-shot entries hold about ten)
+_FEATURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # stored as file names inside an .npz
 
 
 class VoiceJson(BaseModel):
@@ -96,7 +104,13 @@ async def export_spk2info(synth: Synthesizer = Depends(get_synthesizer)) -> Resp
 async def import_spk2info(
     file: UploadFile = File(...), replace: bool = Form(False), synth: Synthesizer = Depends(get_synthesizer)
 ) -> dict:
-    """Add the entries of a CosyVoice ``spk2info.pt`` (a dict of speaker id -> dict of tensors)."""
+    """Add the entries of a CosyVoice ``spk2info.pt`` (a dict of speaker id -> dict of tensors), all or none.
+
+    Every entry is checked before any is saved (ids, tensor names, tensors);
+    new voices are saved before existing ones are replaced, so a conflict
+    stops the import before anything is overwritten, and what it saved is
+    removed again.
+    """
     torch = _torch()
     data = await file.read(synth.settings.limits.max_upload_bytes + 1)
     if len(data) > synth.settings.limits.max_upload_bytes:
@@ -107,12 +121,26 @@ async def import_spk2info(
         raise HTTPException(415, f"not a readable spk2info.pt: {error}") from error
     if not isinstance(entries, dict) or not all(isinstance(value, dict) for value in entries.values()):
         raise HTTPException(415, "spk2info.pt must hold a dict of speaker id -> dict of tensors")
+    if len(entries) > MAX_IMPORT_ENTRIES:
+        raise HTTPException(400, f"spk2info.pt holds {len(entries)} speakers; one import takes at most {MAX_IMPORT_ENTRIES}")
     try:  # every entry converts before any is saved: a bad tensor imports nothing
-        voices = {str(voice_id): _arrays(torch, entry) for voice_id, entry in entries.items()}
+        voices = {_speaker_id(voice_id): _arrays(torch, voice_id, entry) for voice_id, entry in entries.items()}
     except (TypeError, RuntimeError) as error:
         raise HTTPException(415, f"spk2info.pt holds a tensor that cannot be stored: {error}") from error
-    for voice_id, arrays in voices.items():
-        synth.registry.create(voice_id, None, features={SPK2INFO_KEY: arrays}, source="spk2info", replace=replace)
+    existing = [voice_id for voice_id in voices if voice_id in synth.registry]
+    if existing and not replace:
+        raise HTTPException(409, f"voices already exist: {', '.join(existing)} (send replace=true to overwrite them)")
+    saved: list[str] = []
+    try:
+        for voice_id in sorted(voices, key=lambda voice_id: voice_id in existing):  # new ones first
+            synth.registry.create(voice_id, None, features={SPK2INFO_KEY: voices[voice_id]}, source="spk2info", replace=replace)
+            if voice_id not in existing:
+                saved.append(voice_id)
+    except BaseException:
+        for voice_id in saved:
+            with contextlib.suppress(Exception):
+                synth.registry.delete(voice_id)
+        raise
     return {"imported": list(voices)}
 
 
@@ -154,9 +182,27 @@ async def delete_voice(voice_id: str, synth: Synthesizer = Depends(get_synthesiz
     return Response(status_code=204)
 
 
-def _arrays(torch, entry: dict) -> dict[str, np.ndarray]:
+def _speaker_id(voice_id: object) -> str:
+    if not isinstance(voice_id, str):
+        raise HTTPException(400, f"spk2info.pt: speaker ids must be strings, not {type(voice_id).__name__} {voice_id!r}"[:200])
+    check_id(voice_id)
+    return voice_id
+
+
+def _arrays(torch, voice_id: str, entry: dict) -> dict[str, np.ndarray]:
     """An entry's tensors as arrays under string names (``np.savez`` takes names as keywords)."""
-    return {str(name): value.detach().cpu().numpy() for name, value in entry.items() if torch.is_tensor(value)}
+    if not entry:
+        raise HTTPException(400, f"spk2info.pt: speaker {voice_id!r} has no tensors")
+    if len(entry) > MAX_FEATURES:
+        raise HTTPException(400, f"spk2info.pt: speaker {voice_id!r} has {len(entry)} entries (at most {MAX_FEATURES})")
+    arrays = {}
+    for name, value in entry.items():
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or not _FEATURE_NAME.fullmatch(str(name)):
+            raise HTTPException(400, f"spk2info.pt: speaker {voice_id!r} has an odd feature name {name!r}"[:200])
+        if not torch.is_tensor(value):
+            raise HTTPException(400, f"spk2info.pt: {voice_id!r}/{name} is a {type(value).__name__}, not a tensor")
+        arrays[str(name)] = value.detach().cpu().numpy()
+    return arrays
 
 
 def _torch():
