@@ -65,7 +65,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import ServerProcess, http_status, wait_until  # noqa: E402
+from support.servers import ServerProcess, http_status  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 PARAGRAPH = (
     "Thanks for calling the support line, I can help you with that right away. Your order left our "

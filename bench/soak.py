@@ -36,8 +36,9 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.disconnects import DROPS, TEXT, Figures, drop_many, metric, settle  # noqa: E402
-from tests.servers import ServerProcess, http_status, wait_until  # noqa: E402
+from support.disconnects import DROPS, TEXT, Figures, drop_many, metric, settle  # noqa: E402
+from support.servers import ServerProcess, http_status  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 # Growth allowed after warm-up, whatever the number of hang-ups.
 BOUND = Figures(tasks=3, threads=2, fds=8, rss_mb=50.0)

@@ -1,6 +1,6 @@
 """Telephony load: N concurrent simulated Twilio Media Streams (or Asterisk AudioSocket) calls.
 
-Each call is the protocol simulator the tests use (``tests/telephony_peers.py``):
+Each call is the protocol simulator the tests use (``support/telephony_peers.py``):
 Twilio's side streams 20 ms of caller audio every 20 ms (digital silence, which
 the VAD skips as too quiet to be speech, or with ``--echo-db`` our own audio
 coming back as line echo, which it has to examine), plays what
@@ -46,7 +46,7 @@ from bench.sessions import (  # noqa: E402
     ramp,
     report_capacity,
 )
-from tests.servers import free_port  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 LEAD = 0.1  # the gateway's default session.lead_ms
 QUIET = 0.5  # AudioSocket calls have ended when no frame came for this long
@@ -66,7 +66,7 @@ class TwilioBot:
     """A Twilio call whose stream's ``text`` parameter is the paragraph: connecting is speaking."""
 
     def __init__(self, spec: TwilioBotSpec) -> None:
-        from tests.telephony_peers import TwilioPeer
+        from support.telephony_peers import TwilioPeer
 
         self.peer = TwilioPeer(spec.ws_url, parameters={"text": spec.text}, echo_db=spec.echo_db)
         self.sent: float | None = None
@@ -112,7 +112,7 @@ class AudioSocketBot:
     """An Asterisk call; the gateway greets every call with the paragraph, so connecting is speaking."""
 
     def __init__(self, spec: AudioSocketBotSpec) -> None:
-        from tests.telephony_peers import AsteriskPeer
+        from support.telephony_peers import AsteriskPeer
 
         self.peer = AsteriskPeer(spec.host, spec.port)
         self.sent: float | None = None

@@ -20,7 +20,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.servers import ServerProcess, http_status, wait_until  # noqa: E402
+from support.servers import ServerProcess, http_status  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 TEXTS = {
     "short": "Hello there, how are you today?",

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.settings import Settings
-from tests.servers import ServerThread
+from support.servers import ServerThread
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import ROOT, ServerProcess, get_json_and_status, http_status, wait_until
+from support.servers import ROOT, ServerProcess, get_json_and_status, http_status
+from support.waiting import wait_until
 
 
 def test_health_is_not_ready_before_the_engine_and_ready_after(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import websockets.sync.client
 
 from media.pcm import from_s16le
-from tests.servers import ServerThread
+from support.servers import ServerThread
 
 FOUR_BYTE_ID = "\U00020000" * 64  # 64 word characters, 256 bytes: past the file name limit
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import websockets
 
+from cosyvoice import SynthesisRequest
 from cosyvoice.replay import ReplayEngine
 from gateway.budget import FLOOR_SECONDS, audio_budget, expected_seconds
 from gateway.settings import Settings
-from cosyvoice import SynthesisRequest
-from tests.servers import ServerProcess, ServerThread
+from support.servers import ServerProcess, ServerThread
 
 RATE = 16000
 LONG = " ".join(f"Sentence number {n} keeps this synthesis going for a while." for n in range(50))

@@ -20,9 +20,9 @@ import websockets.sync.client
 
 from media.pcm import from_s16le
 from signaling.protocol import MAX_MESSAGE_CHARS
+from support.servers import ServerThread
 from tests.audio_checks import decode_wav
 from tests.audio_corpus import Upload, Verdict, corpus
-from tests.servers import ServerThread
 
 ACCEPTED_BY_SYNTHESIS = "not supported by engine 'embedded'"
 MAX_PADDING_SECONDS = 0.1  # what an encoder may add or trim around the speech

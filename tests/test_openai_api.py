@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from media.pcm import from_s16le
+from support.servers import ServerThread
 from tests.audio_checks import assert_speech_like, decode_container, plausible_seconds
-from tests.servers import ServerThread
 
 TEXT = "The official client library talks to this server without changes."
 

@@ -15,7 +15,8 @@ import websockets.sync.client
 
 from gateway.settings import Settings
 from media.containers import wav_bytes
-from tests.servers import ServerProcess, ServerThread, http_status, wait_until
+from support.servers import ServerProcess, ServerThread, http_status
+from support.waiting import wait_until
 
 KEY = "sk-test-0123456789"
 LONG = " ".join(f"Sentence number {n} keeps this synthesis going for a while." for n in range(30))

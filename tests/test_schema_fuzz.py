@@ -38,7 +38,7 @@ from cosyvoice import Audio
 from gateway.app import create_app
 from gateway.errors import OPENAI_PATHS
 from gateway.settings import Settings
-from tests.servers import ServerThread
+from support.servers import ServerThread
 
 EXAMPLES_PER_OPERATION = 50
 LIVE_VOICE = "fuzz-voice"

@@ -15,8 +15,9 @@ import pytest
 import websockets.sync.client
 
 from media.pcm import from_s16le
+from support.servers import ROOT, ServerThread
+from support.waiting import wait_until
 from tests.audio_checks import assert_speech_like, decode_container, decode_wav, plausible_seconds
-from tests.servers import ROOT, ServerThread, wait_until
 
 TEXT = "Hello there, this is the seed compatible route."
 

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from support.disconnects import DROPS, TEXT, Figures, drop_many, metric, settle
+from support.servers import ServerProcess, http_status
+from support.waiting import wait_until
 from tests.audio_checks import decode_wav
-from tests.disconnects import DROPS, TEXT, Figures, drop_many, metric, settle
-from tests.servers import ServerProcess, http_status, wait_until
 
 HANG_UPS = 100
 # After warm-up, 100 hang-ups may leave the loop's, the thread pool's and the allocator's slack, no more.

@@ -15,9 +15,10 @@ from gateway.settings import Settings
 from media.g711 import ulaw_decode
 from media.resample import resample
 from signaling.twilio_signature import twilio_signature
+from support.servers import ServerThread, free_port
+from support.telephony_peers import AsteriskPeer, TwilioPeer
+from support.waiting import until
 from tests.audio_checks import assert_speech_like, decode_b64_wav, window_levels_db
-from tests.servers import ServerThread, free_port, until
-from tests.telephony_peers import AsteriskPeer, TwilioPeer
 
 TOKEN = "test-auth-token-0123456789"
 REPLY = "Thank you for calling. Your appointment is confirmed for Tuesday at ten in the morning."

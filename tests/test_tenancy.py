@@ -25,8 +25,9 @@ from cosyvoice.voices import VoiceRegistry
 from gateway.app import create_app
 from gateway.settings import Settings
 from media.decode import decode_audio
-from tests.servers import ServerThread, free_port, until
-from tests.telephony_peers import AsteriskPeer, TwilioPeer
+from support.servers import ServerThread, free_port
+from support.telephony_peers import AsteriskPeer, TwilioPeer
+from support.waiting import until
 
 TOKEN = "twilio-token-0123456789"
 KEYS = {"alice": "sk-alice-0123456789", "bob": "sk-bob-0123456789", "ops": "sk-ops-0123456789"}

@@ -13,7 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from gateway.settings import Settings
 from signaling.twilio_signature import Algorithm, signature_valid, url_variants
-from tests.servers import ServerThread
+from support.servers import ServerThread
 
 TOKEN = "account-auth-token-0123456789"
 SHARED = "shared-key-secret-9876543210"

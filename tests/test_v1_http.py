@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from media.pcm import from_s16le
+from support.servers import ServerThread
+from support.waiting import wait_until
 from tests.audio_checks import assert_speech_like, decode_b64_wav, plausible_seconds
-from tests.servers import ServerThread, wait_until
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs into the forest."
 PARAGRAPH = " ".join(

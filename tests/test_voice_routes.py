@@ -13,8 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
+from support.servers import ServerProcess, ServerThread, http_status
+from support.waiting import wait_until
 from tests.audio_checks import decode_wav
-from tests.servers import ServerProcess, ServerThread, http_status, wait_until
 
 
 def test_create_list_get_rename_delete(gateway: ServerThread, speech_wav: bytes) -> None:

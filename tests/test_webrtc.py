@@ -11,8 +11,9 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from gateway.client import WebRTCCall
+from support.servers import ServerThread
+from support.waiting import until
 from tests.audio_checks import assert_speech_like, window_levels_db
-from tests.servers import ServerThread, until
 
 REPLY = "Hello there, thanks for calling. Your order has shipped and it should arrive on Tuesday morning."
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from gateway.client import WebRTCCall
-from tests.servers import ServerThread
+from support.servers import ServerThread
 
 
 async def test_text_in_the_offer_starts_an_utterance_the_data_channel_sees(gateway: ServerThread) -> None:

@@ -15,8 +15,9 @@ import websockets.sync.client
 from gateway.settings import Settings
 from media.opus import OpusDecoder
 from media.pcm import from_s16le
+from support.servers import ServerThread
+from support.waiting import wait_until
 from tests.audio_checks import assert_speech_like
-from tests.servers import ServerThread, wait_until
 
 REPLY = "Hello there, thanks for calling. Your order has shipped and it should arrive on Tuesday morning."
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from gateway.settings import Settings
-from tests.servers import ServerThread
+from support.servers import ServerThread
 
 RATE = 24000
 TEXT = "Hello there, this is a test of the tiny model."

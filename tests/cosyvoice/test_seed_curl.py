@@ -17,8 +17,8 @@ import pytest
 
 from gateway.settings import Settings
 from media.containers import wav_bytes
+from support.servers import ServerThread
 from tests.audio_checks import decode_container, decode_wav
-from tests.servers import ServerThread
 
 SEED_B = [  # ../shared/seeds/001: runtime server (form fields, raw PCM out)
     ('curl -X POST "{url}/inference_sft" -F "tts_text=你好，我是通义千问语音合成大模型，请问有什么可以帮您的吗？" '

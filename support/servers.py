@@ -1,4 +1,4 @@
-"""Real gateway servers for tests: uvicorn on a loopback socket, in a thread or a subprocess."""
+"""Real gateway servers for tests and benches: uvicorn on a loopback socket, in a thread or a subprocess."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,15 +97,6 @@ class ServerProcess:
         return output
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-
-
 def http_status(url: str) -> int | None:
     """The status of a GET, or None while nothing answers."""
     return (get_json_and_status(url) or (None, None))[1]
@@ -118,12 +109,3 @@ def get_json_and_status(url: str) -> tuple[dict, int] | None:
         return None
     return response.json(), response.status_code
 
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
-    """``wait_until`` for async tests: keeps the test's own event loop (and its peers) running."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")

@@ -22,7 +22,7 @@ import httpx
 import websockets
 
 from gateway.client import WebRTCCall
-from tests.telephony_peers import TwilioPeer
+from support.telephony_peers import TwilioPeer
 
 # About six seconds of speech: every caller hangs up long before the end.
 TEXT = "This sentence keeps the voice busy for a while, so every caller hangs up while it is still being spoken."
