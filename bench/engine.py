@@ -91,15 +91,19 @@ class Stream:
     def end(self) -> float:
         return self.chunks[-1][0]
 
-    def underrun(self, lead: float) -> float:
-        """Seconds of silence for a listener who starts ``lead`` after the first chunk."""
-        gap, playing_until = 0.0, self.chunks[0][0] + lead
+    def gaps(self, lead: float) -> list[float]:
+        """Each silence (seconds) a listener who starts ``lead`` after the first chunk hears."""
+        gaps, playing_until = [], self.chunks[0][0] + lead
         for arrival, samples in self.chunks:
             if arrival > playing_until:
-                gap += arrival - playing_until
+                gaps.append(arrival - playing_until)
                 playing_until = arrival
             playing_until += samples / RATE
-        return gap
+        return gaps
+
+    def underrun(self, lead: float) -> float:
+        """Seconds of silence in all."""
+        return sum(self.gaps(lead))
 
 
 @dataclass
@@ -110,6 +114,8 @@ class Level:
     rounds: list[list[Stream]] = field(default_factory=list)
     lag: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
+    memory: list[float] = field(default_factory=list)  # GPU bytes per stream, per round (CUDA only)
+    cpu: float = 0.0  # this process's CPU seconds (all threads) over the rounds
 
     def summary(self, lead: float) -> dict:
         streams = [s for r in self.rounds for s in r]
@@ -122,7 +128,12 @@ class Level:
             "rtf": statistics.median((s.end - s.start) / s.audio for s in streams),
             "throughput": sum(s.audio for s in streams) / wall,
             "underrun": max(s.underrun(lead) for s in streams),
+            # continuity: the share of streams whose longest silence stays under 100 ms
+            "continuity": sum(max(s.gaps(lead), default=0.0) < 0.1 for s in streams) / len(streams),
             "load": statistics.mean(self.load) if self.load else None,
+            "gpu_mb_per_stream": max(self.memory) / 2**20 if self.memory else None,
+            # core-seconds per second of audio: this process's CPU time over the audio it made (ours only)
+            "core_s_per_audio_s": self.cpu / sum(s.audio for s in streams) if self.cpu else None,
         }
         if self.lag:
             out.update(lag_p50=percentile(self.lag, 50), lag_p99=percentile(self.lag, 99), lag_max=max(self.lag))
@@ -149,6 +160,7 @@ class Ours:
         options = CosyVoiceOptions(
             str(model_dir), device=args.device, normalize_text=False, threads=args.threads,
             first_hop=args.first_hop, max_batch=args.max_batch, prompt_cache_mb=args.prompt_cache_mb, dtype=args.dtype,
+            kv_cache=args.kv_cache,
         )
         self.engine = CosyVoiceEngine(options, clause_options=NO_SPLIT)
         self.voices: list[SavedVoice] = []
@@ -248,26 +260,41 @@ class Reference:
 
 
 # -- the run ---------------------------------------------------------------------------
-async def search(ours: Ours, most: int, lead: float) -> tuple[int, dict[int, float]]:
-    """The largest N in 1 .. ``most`` whose streams all play without underrun (doubling, then bisecting)."""
-    seen: dict[int, float] = {}
+async def search(
+    ours: Ours, most: int, lead: float, known: dict[int, float], seconds: float
+) -> tuple[int, dict[int, float], bool]:
+    """The largest N in 1 .. ``most`` whose streams all play without underrun, doubling from the
+    largest clean level in ``known`` (N -> the underrun the levels measured), then bisecting; and
+    whether it finished within ``seconds`` (0: no limit; else what it found is a lower bound)."""
+    seen: dict[int, float] = dict(known)
+    deadline = time.monotonic() + seconds if seconds else math.inf
 
     async def clean(n: int) -> bool:
-        streams = await ours.run([i % len(VOICES) for i in range(n)])
-        seen[n] = max(s.underrun(lead) for s in streams)
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        if n not in seen:
+            streams = await ours.run([i % len(VOICES) for i in range(n)])
+            seen[n] = max(s.underrun(lead) for s in streams)
         return seen[n] == 0.0
 
-    good, n = 0, 1
-    while n <= most and await clean(n):
-        good, n = n, n * 2
-    bad = n if n <= most else None
-    while bad is not None and bad - good > 1:
-        middle = (good + bad) // 2
-        if await clean(middle):
-            good = middle
-        else:
-            bad = middle
-    return good, seen
+    good = max((n for n, u in known.items() if u == 0.0 and n <= most), default=0)
+    bad = min((n for n, u in known.items() if u > 0.0 and n > good), default=None)
+    n = max(1, 2 * good)
+    try:
+        while bad is None and n <= most:
+            if not await clean(n):
+                bad = n
+                break
+            good, n = n, 2 * n
+        while bad is not None and bad - good > 1:
+            middle = (good + bad) // 2
+            if await clean(middle):
+                good = middle
+            else:
+                bad = middle
+    except TimeoutError:
+        return good, seen, False
+    return good, seen, True
 
 
 async def bench_size(size: str, model_dir: Path, tokens: int, args: argparse.Namespace) -> dict:
@@ -280,22 +307,34 @@ async def bench_size(size: str, model_dir: Path, tokens: int, args: argparse.Nam
         await reference.ready()
     mine = {c: Level(c) for c in levels}
     theirs = {c: Level(c) for c in levels}
+    cuda = torch.cuda.is_available() and ours.engine.capabilities.gpu
     for c in levels:  # ours and theirs alternate round by round, so both see the same background load
         for requests in rounds(c, args.repeat):
             mine[c].load.append(os.getloadavg()[0])
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                held = torch.cuda.memory_allocated()
+            cpu = time.process_time()
             mine[c].rounds.append(await ours.run(requests, mine[c].lag))
+            mine[c].cpu += time.process_time() - cpu
+            if cuda:
+                mine[c].memory.append((torch.cuda.max_memory_allocated() - held) / c)
             if reference is not None:
                 theirs[c].load.append(os.getloadavg()[0])
                 theirs[c].rounds.append(await reference.run(requests))
+        print(f"level c={c}: {json.dumps(mine[c].summary(args.lead))}", flush=True)  # kept if a later step is cut off
     if reference is not None:
         reference.close()
     stats = ours.engine.scheduler.stats
     most = args.search_tiny if size == "tiny" else args.search_full
-    largest, tried = (await search(ours, most, args.lead)) if most else (None, {})
+    known = {c: max(s.underrun(args.lead) for r in lvl.rounds for s in r) for c, lvl in mine.items()}
+    largest, tried, complete = (await search(ours, most, args.lead, known, args.search_seconds)) if most else (None, {}, True)
     await ours.close()
     result = {
-        "size": size, "tokens": tokens, "ours": {c: lvl.summary(args.lead) for c, lvl in mine.items()},
-        "largest_clean_n": largest, "search": tried, "batches": {
+        "size": size, "tokens": tokens, "device": device_name(ours.engine), "dtype": str(ours.engine.precision),
+        "kv_cache": args.kv_cache, "max_batch": args.max_batch, "torch": torch.__version__,
+        "ours": {c: lvl.summary(args.lead) for c, lvl in mine.items()},
+        "largest_clean_n": largest, "search": tried, "search_complete": complete, "batches": {
             "tokens_per_step": stats.tokens / max(1, stats.token_steps), "largest_token_batch": stats.largest_token_batch,
             "sessions_per_render": stats.rendered_sessions / max(1, stats.render_calls),
             "largest_render_batch": stats.largest_render_batch,
@@ -306,11 +345,18 @@ async def bench_size(size: str, model_dir: Path, tokens: int, args: argparse.Nam
     return result
 
 
+def device_name(engine: CosyVoiceEngine) -> str:
+    if engine.capabilities.gpu:
+        return torch.cuda.get_device_name()
+    return f"cpu ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()})"
+
+
 def report(result: dict) -> None:
     print(f"\n== {result['size']} checkpoint, {result['tokens']} forced speech tokens "
-          f"({result['tokens'] / 25:.1f} s of audio per stream), voices of {', '.join(map(str, VOICES))} s ==")
+          f"({result['tokens'] / 25:.1f} s of audio per stream), voices of {', '.join(map(str, VOICES))} s, "
+          f"{result['device']}, {result['dtype']}, kv_cache {result['kv_cache']} ==")
     head = (f"{'':>5} {'':>10} {'first p50':>10} {'first p95':>10} {'RTF p50':>8} {'audio s/s':>10} {'underrun':>9}"
-            f" {'load':>5}")
+            f" {'continuity':>10} {'load':>5}")
     print(head)
     for c, ours in result["ours"].items():
         rows = [("ours", ours)]
@@ -318,16 +364,23 @@ def report(result: dict) -> None:
         if theirs:
             rows.append(("reference", theirs))
         for name, s in rows:
+            continuity = f"{s['continuity']:>10.0%}" if "continuity" in s else f"{'':>10}"
             print(f"{'c=' + str(c):>5} {name:>10} {s['first_p50']:>9.3f}s {s['first_p95']:>9.3f}s {s['rtf']:>8.2f} "
-                  f"{s['throughput']:>10.3f} {s['underrun']:>8.2f}s {s['load']:>5.1f}")
+                  f"{s['throughput']:>10.3f} {s['underrun']:>8.2f}s {continuity} {s['load']:>5.1f}")
         if theirs:
             print(f"{'':>5} {'ours/ref':>10} {ours['first_p50'] / theirs['first_p50']:>10.2f} "
                   f"{ours['first_p95'] / theirs['first_p95']:>10.2f} {ours['rtf'] / theirs['rtf']:>8.2f} "
                   f"{ours['throughput'] / theirs['throughput']:>10.2f}")
         print(f"{'':>5} event loop lag (ours): p50 {ours['lag_p50'] * 1000:.1f} ms, p99 {ours['lag_p99'] * 1000:.1f} ms, "
               f"max {ours['lag_max'] * 1000:.1f} ms")
+        if ours.get("core_s_per_audio_s"):
+            print(f"{'':>5} CPU time (ours, every thread of this process): {ours['core_s_per_audio_s']:.2f} core-seconds "
+                  "per second of audio")
+        if ours["gpu_mb_per_stream"] is not None:
+            print(f"{'':>5} GPU memory per stream (peak over the models', ours): {ours['gpu_mb_per_stream']:.0f} MB")
     if result["largest_clean_n"] is not None:
-        print(f"largest number of concurrent streams without underrun (ours): {result['largest_clean_n']} "
+        bound = "" if result["search_complete"] else "at least (the search ran out of time) "
+        print(f"largest number of concurrent streams without underrun (ours): {bound}{result['largest_clean_n']} "
               f"(max underrun by N: {json.dumps({n: round(u, 2) for n, u in sorted(result['search'].items())})})")
     b = result["batches"]
     print(f"batching: {b['tokens_per_step']:.1f} sessions per LLM step (largest {b['largest_token_batch']}), "
@@ -343,14 +396,16 @@ async def main() -> None:
     parser.add_argument("--tokens-full", type=int, default=50)
     parser.add_argument("--search-tiny", type=int, default=64, help="largest N tried in the no-underrun search (0: skip)")
     parser.add_argument("--search-full", type=int, default=0)
+    parser.add_argument("--search-seconds", type=float, default=0, help="stop the search then (0: no limit)")
     parser.add_argument("--full-dir", default=str(Path(tempfile.gettempdir()) / "cosyvoice-bench" / "full_v2"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, for both implementations")
     parser.add_argument("--first-hop", type=int, default=CosyVoiceOptions.first_hop)
     parser.add_argument("--max-batch", type=int, default=CosyVoiceOptions.max_batch)
     parser.add_argument("--lead", type=float, default=0.1, help="seconds a listener buffers before playing")
-    parser.add_argument("--dtype", default=CosyVoiceOptions.dtype, choices=("float32", "bfloat16"),
+    parser.add_argument("--dtype", default=CosyVoiceOptions.dtype, choices=("auto", "float32", "bfloat16"),
                         help="ours only: the reference computes in float32 on a CPU")
+    parser.add_argument("--kv-cache", default=CosyVoiceOptions.kv_cache, choices=("dynamic", "static"))
     parser.add_argument("--prompt-cache-mb", type=int, default=CosyVoiceOptions.prompt_cache_mb)
     parser.add_argument("--reference-python", default=str(ROOT / ".refvenv" / "bin" / "python"),
                         help="the reference venv's python ('' to skip the reference)")
@@ -374,9 +429,9 @@ async def main() -> None:
             result = await bench_size(size, model_dir, tokens, args)
             report(result)
             results.append(result)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"\nload average after: {os.getloadavg()}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":
