@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from cosyvoice import AudioStream, SynthesisError
+from cosyvoice import AudioStream
+from gateway.streaming import BoundedStreamingResponse
 from media.containers import StreamEncoder
 
-log = logging.getLogger(__name__)
 
-# A client that takes no audio for this long has stalled (a reader at real time takes some every
-# chunk, under a second); its stream, and the synthesis slot behind it, go to someone else.
-SEND_TIMEOUT = 10.0
-
-
-class StalledClient(Exception):
-    """The client stopped reading: nothing could be sent for ``SEND_TIMEOUT`` seconds."""
-
-
-class AudioStreamingResponse(StreamingResponse):
+class AudioStreamingResponse(BoundedStreamingResponse):
     """Streams an engine stream through one encoder; always cancels the stream at the end.
 
     Whatever ends the response (the last chunk, a client that went away or
-    stopped reading, a server shutdown), the engine work behind it stops. A
-    stream that fails after the headers went out (its audio ran far too
-    long, the engine broke) is logged and the response left incomplete: the
-    connection closes, so the client sees an error rather than an ending.
+    stopped reading, a stream that failed, a server shutdown), the engine
+    work behind it stops, and with it the synthesis slot it held.
     """
 
     def __init__(
@@ -55,19 +42,6 @@ class AudioStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.audio_stream.cancel()
-
-    async def stream_response(self, send: Send) -> None:
-        async def send_in_time(message: Message) -> None:
-            try:
-                async with asyncio.timeout(SEND_TIMEOUT):
-                    await send(message)
-            except TimeoutError:
-                raise StalledClient(f"the client read nothing for {SEND_TIMEOUT:g} s") from None
-
-        try:
-            await super().stream_response(send_in_time)
-        except (StalledClient, SynthesisError) as error:
-            log.warning("audio response cut off: %s", error)
 
 
 async def _encoded(

@@ -15,6 +15,10 @@ from typing import Any
 _CLOSED = object()
 
 
+class TooManySubscribers(Exception):
+    """The session already has as many subscribers as the caller allows."""
+
+
 class Subscription:
     """An async iterator of event dicts; ends when the session closes."""
 
@@ -22,6 +26,7 @@ class Subscription:
         self._hub = hub
         self._queue: asyncio.Queue[dict | object] = asyncio.Queue(maxsize)
         self.dropped = 0
+        self.watcher = False
 
     def _offer(self, event: dict | object) -> None:
         if self._queue.full():
@@ -52,8 +57,14 @@ class EventHub:
         self.closed = False
         self.tap: Callable[[dict], None] | None = None  # sees every event (metrics, logs)
 
-    def subscribe(self, maxsize: int = 1000) -> Subscription:
+    def subscribe(self, maxsize: int = 1000, *, limit: int | None = None) -> Subscription:
+        """A new subscription. With ``limit`` it is a watcher (the control API's): refused when the
+        session already has ``limit`` watchers; the transport's own subscriptions never count."""
+        watchers = sum(1 for subscription in self._subscribers if subscription.watcher)
+        if limit is not None and watchers >= limit:
+            raise TooManySubscribers(f"session {self.session_id} already has {watchers} event watchers")
         subscription = Subscription(self, maxsize)
+        subscription.watcher = limit is not None
         if self.closed:
             subscription._offer(_CLOSED)
         else:

@@ -49,7 +49,7 @@ def replay_server(tmp_path: Path, *, chars_per_second: float = 14.0, **limits) -
 @pytest.fixture()
 def quick_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Timeouts of a second, so each test takes seconds (the defaults are 10 s)."""
-    for name in ("gateway.audio.SEND_TIMEOUT", "gateway.routes.unified.SEND_TIMEOUT", "gateway.routes.unified.CONFIG_TIMEOUT"):
+    for name in ("gateway.streaming.SEND_TIMEOUT", "gateway.routes.unified.SEND_TIMEOUT", "gateway.routes.unified.CONFIG_TIMEOUT"):
         monkeypatch.setattr(name, 1.0, raising=False)
 
 
@@ -225,5 +225,42 @@ def test_spk2info_import_is_all_or_nothing_and_bounded(tmp_path: Path) -> None:
             assert voices() == {"kept"}, f"{case}: nothing of it is saved"
         replaced = upload({"kept": {"embedding": torch.zeros(1, 192)}, "fresh": good}, replace="true")
         assert replaced.status_code == 200 and voices() == {"kept", "fresh"}
+    finally:
+        server.stop()
+
+
+def test_event_watchers_per_session_are_capped(tmp_path: Path) -> None:
+    from gateway.routes.sessions import MAX_WATCHERS
+
+    server = replay_server(tmp_path)
+    ws_base = server.url.replace("http", "ws")
+
+    async def crowd() -> tuple[int, int | None, int]:
+        async with websockets.connect(ws_base + "/ws/v1/session") as session_socket:
+            session_id = json.loads(await session_socket.recv())["session"]["session_id"]
+            events_url = f"{server.url}/v1/sessions/{session_id}/events"
+            async with httpx.AsyncClient(timeout=10) as client:
+                watchers = []
+                for _ in range(MAX_WATCHERS):
+                    watcher = await client.send(client.build_request("GET", events_url), stream=True)
+                    assert watcher.status_code == 200
+                    watchers.append(watcher)
+                refused = (await client.get(events_url)).status_code
+                async with websockets.connect(f"{ws_base}/v1/sessions/{session_id}/events") as late:
+                    with pytest.raises(websockets.ConnectionClosed):
+                        await asyncio.wait_for(late.recv(), 5)
+                    late_code = late.close_code
+                await watchers.pop().aclose()
+                await asyncio.sleep(0.2)
+                async with client.stream("GET", events_url) as again:
+                    freed = again.status_code
+                for watcher in watchers:
+                    await watcher.aclose()
+        return refused, late_code, freed
+
+    try:
+        refused, late_code, freed = asyncio.run(crowd())
+        assert refused == 429 and late_code == 1013, "a session's watchers are capped"
+        assert freed == 200, "a watcher that leaves makes room"
     finally:
         server.stop()

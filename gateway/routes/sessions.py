@@ -12,6 +12,7 @@ session (phone calls with no ``[telephony] owner`` only them).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -23,13 +24,20 @@ from starlette.requests import HTTPConnection
 from cosyvoice import InvalidRequest
 from gateway.admission import Overloaded, RateLimited
 from gateway.auth import accept, caller_of
+from gateway.errors import RETRY_AFTER_SECONDS
 from gateway.settings import Settings
+from gateway.streaming import SEND_TIMEOUT, BoundedStreamingResponse
+from signaling.events import TooManySubscribers
 from signaling.manager import SessionManager
 from signaling.protocol import ProtocolError
 from signaling.session import Session, SessionClosed
 from signaling.websocket import AudioFormat, WebSocketTransport
 
 router = APIRouter(tags=["sessions"])
+
+# Event watchers per session (SSE and WebSocket together): a bot, a dashboard or two, a recorder.
+# More is a leak or a flood; each holds a connection and a queue of up to 1000 events.
+MAX_WATCHERS = 16
 
 
 class Say(BaseModel):
@@ -108,7 +116,10 @@ async def close(session_id: str, request: Request) -> Response:
 @router.get("/v1/sessions/{session_id}/events")
 async def events_sse(session_id: str, request: Request) -> StreamingResponse:
     """The session's events as server-sent events, until the session closes."""
-    subscription = _session(request, session_id).events.subscribe()
+    try:
+        subscription = _session(request, session_id).events.subscribe(limit=MAX_WATCHERS)
+    except TooManySubscribers as error:
+        raise HTTPException(429, str(error), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from error
 
     async def stream() -> AsyncIterator[bytes]:
         try:
@@ -118,7 +129,7 @@ async def events_sse(session_id: str, request: Request) -> StreamingResponse:
         finally:
             subscription.close()
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return BoundedStreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.websocket("/v1/sessions/{session_id}/events")
@@ -128,10 +139,15 @@ async def events_ws(websocket: WebSocket, session_id: str) -> None:
     if session is None:
         await websocket.close(code=1008, reason="no such session")
         return
-    subscription = session.events.subscribe()
+    try:
+        subscription = session.events.subscribe(limit=MAX_WATCHERS)
+    except TooManySubscribers as error:
+        await websocket.close(code=1013, reason=str(error)[:120])
+        return
     try:
         async for event in subscription:
-            await websocket.send_text(json.dumps(event, ensure_ascii=False))
+            async with asyncio.timeout(SEND_TIMEOUT):  # a watcher that stopped reading is let go
+                await websocket.send_text(json.dumps(event, ensure_ascii=False))
         await websocket.close()
     except Exception:
         pass  # the watcher went away

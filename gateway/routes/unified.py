@@ -13,10 +13,11 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from cosyvoice import Audio, AudioStream, Mode, SynthesisError
-from gateway.audio import SEND_TIMEOUT, AudioStreamingResponse, collect_audio
+from gateway.audio import AudioStreamingResponse, collect_audio
 from gateway.dependencies import get_synthesizer, synthesizer_for
 from gateway.admission import Overloaded
 from gateway.auth import accept
+from gateway.streaming import SEND_TIMEOUT
 from gateway.synthesis import Synthesizer
 from media.containers import PcmEncoder, wav_bytes
 from media.pcm import to_s16le
