@@ -1,6 +1,14 @@
-"""WebRTC signaling: a JSON offer/answer endpoint and WHIP (RFC 9725)."""
+"""WebRTC signaling: a JSON offer/answer endpoint, WHEP playback, and WHIP's shape for receiving clients.
+
+A session only speaks, so playback is WHEP (the client POSTs an offer to receive
+audio). ``/v1/whip`` answers the same receiving offers, as it always has; a real
+WHIP client's send-only (ingest) offer could never hear anything, so it gets a 400
+that points to WHEP.
+"""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
@@ -10,9 +18,40 @@ from cosyvoice import InvalidRequest
 from gateway.auth import caller_of
 from gateway.settings import Settings
 from signaling.session import Session
-from signaling.webrtc import OUTPUT_RATE, OfferError, WebRTCPeer
+from signaling.webrtc import OUTPUT_RATE, OfferError, SendOnlyOffer, WebRTCPeer, ice_servers
 
 router = APIRouter(tags=["WebRTC"])
+
+SDP = "application/sdp"
+WHEP = "/v1/whep"
+WHIP = "/v1/whip"
+
+
+class IssuedSessions:
+    """The owners of the last ``limit`` WebRTC sessions opened here, by id.
+
+    A client that closes its peer connection and then DELETEs its resource
+    races the session's own close: the id leaves the live sessions before
+    the close has finished. A DELETE of an id issued here lately answers 200
+    whether its session is live or already over. Ids are random, so one
+    record serves every app in the process.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._owners: OrderedDict[str, str | None] = OrderedDict()
+
+    def add(self, session: Session) -> None:
+        self._owners[session.id] = session.owner
+        while len(self._owners) > self.limit:
+            self._owners.popitem(last=False)
+
+    def owner(self, session_id: str) -> tuple[bool, str | None]:
+        """Whether the id was issued lately, and to whom."""
+        return session_id in self._owners, self._owners.get(session_id)
+
+
+issued = IssuedSessions(4096)  # ~100 bytes an id: a few hundred kB at most, hours of calls on a busy gateway
 
 
 class Offer(BaseModel):
@@ -31,30 +70,62 @@ async def offer(body: Offer, request: Request) -> dict:
     return {"sdp": answer.sdp, "type": answer.type, "session_id": session.id}
 
 
-@router.post("/v1/whip", status_code=201, response_class=Response)
+@router.post(WHEP, status_code=201, response_class=Response)
+async def whep(request: Request) -> Response:
+    """WHEP playback: an ``application/sdp`` offer to receive audio in, ``201 Created`` with the answer and
+    the session's ``Location`` out. Query: ``voice``, ``mode``, ``speed``, ``text`` (first words)."""
+    return await _create_resource(request, WHEP)
+
+
+@router.post(WHIP, status_code=201, response_class=Response)
 async def whip(request: Request) -> Response:
-    """WHIP: an ``application/sdp`` offer in, ``201 Created`` with the answer and the session's ``Location``."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/sdp":
-        raise HTTPException(415, "WHIP offers are application/sdp")
-    sdp = (await request.body()).decode(errors="replace")
-    session, answer = await _answer(request, sdp, "offer", dict(request.query_params))
-    location = f"/v1/whip/{session.id}"
-    return Response(answer.sdp, status_code=201, media_type="application/sdp", headers={"Location": location})
+    """WHIP's exchange for clients whose offer receives audio (a send-only ingest offer is refused: use WHEP)."""
+    return await _create_resource(request, WHIP)
 
 
-@router.delete("/v1/whip/{session_id}", response_class=Response)
-async def whip_delete(session_id: str, request: Request) -> Response:
+@router.delete(WHEP + "/{session_id}", response_class=Response)
+@router.delete(WHIP + "/{session_id}", response_class=Response)
+async def delete_resource(session_id: str, request: Request) -> Response:
+    """End the session (200); an id issued lately whose session already ended is a 200 too (DELETE is idempotent)."""
+    caller = caller_of(request)
     session = request.app.state.sessions.get(session_id)
-    if session is None or session.transport != "webrtc" or not caller_of(request).owns(session.owner):
-        raise HTTPException(404, f"no WHIP session '{session_id}'")
-    await session.close("WHIP resource deleted")
-    return Response(status_code=200)
+    if session is not None and session.transport == "webrtc" and caller.owns(session.owner):
+        await session.close("WHEP/WHIP resource deleted")
+        return Response(status_code=200)
+    known, owner = issued.owner(session_id)
+    if known and caller.owns(owner):
+        return Response(status_code=200)
+    raise HTTPException(404, f"no WebRTC session '{session_id}'")
 
 
-@router.patch("/v1/whip/{session_id}", response_class=Response)
-async def whip_patch(session_id: str) -> Response:
+@router.patch(WHEP + "/{session_id}", response_class=Response)
+@router.patch(WHIP + "/{session_id}", response_class=Response)
+async def patch_resource(session_id: str) -> Response:
     """Trickle ICE and ICE restarts are not supported: all candidates are in the answer."""
     return Response(status_code=405, headers={"Allow": "DELETE"})
+
+
+async def _create_resource(request: Request, base: str) -> Response:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != SDP:
+        raise HTTPException(415, f"offers to {base} are {SDP}")
+    sdp = (await request.body()).decode(errors="replace")
+    session, answer = await _answer(request, sdp, "offer", dict(request.query_params))
+    headers = {"Location": f"{base}/{session.id}"}
+    link = _ice_server_links(request.app.state.settings.webrtc.ice_servers)
+    if link:
+        headers["Link"] = link
+    return Response(answer.sdp, status_code=201, media_type=SDP, headers=headers)
+
+
+def _ice_server_links(urls: list[str]) -> str:
+    """The configured ICE servers as WHIP/WHEP ``Link: <url>; rel="ice-server"`` values (one header, comma-joined)."""
+    links = []
+    for server in ice_servers(urls):
+        link = f'<{server.urls}>; rel="ice-server"'
+        if server.username:
+            link += f'; username="{server.username}"; credential="{server.credential}"; credential-type="password"'
+        links.append(link)
+    return ", ".join(links)
 
 
 async def _answer(request: Request, sdp: str, kind: str, fields: dict) -> tuple[Session, object]:
@@ -78,7 +149,9 @@ async def _answer(request: Request, sdp: str, kind: str, fields: dict) -> tuple[
         answer = await peer.answer(sdp, kind)
     except OfferError as error:
         await session.close("bad offer")
-        raise HTTPException(400, str(error)) from error
+        hint = f"; the gateway sends speech and takes in no stream: play a session with WHEP, POST {WHEP}"
+        raise HTTPException(400, str(error) + (hint if isinstance(error, SendOnlyOffer) else "")) from error
+    issued.add(session)
     if fields.get("text"):
         session.say(fields["text"], flush=True)
     return session, answer
