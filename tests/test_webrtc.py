@@ -222,7 +222,7 @@ def test_gstreamer_webrtcbin_hears_a_whep_session(gateway: ServerThread, tmp_pat
     url = gateway.url + "/v1/whep?" + urllib.parse.urlencode({"text": REPLY})
     script = Path(__file__).with_name("gstreamer_whep.py")
     run = subprocess.run(
-        [GSTREAMER_PYTHON, str(script), url, "--seconds", "7", "--out", str(out)], capture_output=True, text=True, timeout=60
+        [GSTREAMER_PYTHON, str(script), url, "--seconds", "5", "--out", str(out)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
