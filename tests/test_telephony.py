@@ -55,11 +55,14 @@ class Events:
     def __init__(self, server: ServerThread, session_id: str) -> None:
         self.url = f"{server.url}/v1/sessions/{session_id}/events"
         self.events: list[tuple[float, dict]] = []
+        self._subscribed = asyncio.Event()
         self._task = asyncio.ensure_future(self._follow())
 
     async def _follow(self) -> None:
         async with httpx.AsyncClient(timeout=None) as client, client.stream("GET", self.url) as response:
             async for line in response.aiter_lines():
+                if line == ": connected":
+                    self._subscribed.set()
                 if line.startswith("data: "):
                     self.events.append((time.monotonic(), json.loads(line[6:])))
 
@@ -70,6 +73,11 @@ class Events:
                     if event["type"] == kind:
                         return at, event
                 await asyncio.sleep(0.01)
+
+    async def subscribed(self, timeout: float = 5) -> None:
+        """Wait until the stream is live: whatever happens from now on is in it."""
+        async with asyncio.timeout(timeout):
+            await self._subscribed.wait()
 
     def kinds(self) -> list[str]:
         return [event["type"] for _, event in self.events]
@@ -83,11 +91,10 @@ def stream_url(server: ServerThread) -> str:
 
 
 async def twilio_call(server: ServerThread, **options) -> TwilioPeer:
+    known = {session.id for session in _twilio_sessions(server)}
     peer = TwilioPeer(stream_url(server), auth_token=TOKEN, **options)
     await peer.connect()
-    deadline = time.monotonic() + 5
-    while not _twilio_sessions(server) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await until(lambda: any(session.id not in known for session in _twilio_sessions(server)), 5, "the call's session")
     return peer
 
 
@@ -121,14 +128,14 @@ async def test_cancel_sends_clear_and_stops_the_audio(phone: ServerThread) -> No
     peer = await twilio_call(phone, parameters={"text": " ".join([REPLY] * 3)})
     try:
         session = _twilio_sessions(phone)[-1]
-        while len(peer.received) < 50:
-            await asyncio.sleep(0.02)
+        await until(lambda: len(peer.received) >= 50, 20, "a second of audio")
         async with httpx.AsyncClient(base_url=phone.url) as client:
             response = await client.post(f"/v1/sessions/{session.id}/cancel")
         assert response.json()["cancelled"] == ["u1"]
         cancelled_at = time.monotonic()
-        await asyncio.sleep(0.5)
-        assert peer.clears and peer.clears[0] - cancelled_at < 0.1
+        await until(lambda: peer.clears, 2, "Twilio told to clear")
+        assert peer.clears[0] - cancelled_at < 0.1
+        await asyncio.sleep(0.5)  # no event marks the absence of media: watch the line for a while
         late = [at for at, _ in peer.received if at > peer.clears[0] + 0.05]
         assert not late, f"{len(late)} media messages after clear"
     finally:
@@ -139,7 +146,7 @@ async def test_dtmf_reaches_the_event_stream(phone: ServerThread) -> None:
     peer = await twilio_call(phone)
     try:
         events = Events(phone, _twilio_sessions(phone)[-1].id)
-        await asyncio.sleep(0.2)
+        await events.subscribed()
         await peer.dtmf("7")
         _, event = await events.wait("dtmf", timeout=5)
         assert event["digit"] == "7"
@@ -151,12 +158,12 @@ async def test_caller_speech_barges_in_within_100_ms(phone: ServerThread, caller
     peer = await twilio_call(phone, parameters={"text": " ".join([REPLY] * 3)}, echo_db=-20)
     try:
         events = Events(phone, _twilio_sessions(phone)[-1].id)
-        while len(peer.played) < 60 or not any(np.abs(a).max() > 0.05 for _, a in peer.played[-5:]):
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: len(peer.played) >= 60 and any(np.abs(a).max() > 0.05 for _, a in peer.played[-5:]), 20, "speech playing"
+        )
         await peer.say(caller_speech)
         _, event = await events.wait("barge_in", timeout=5)
-        await asyncio.sleep(0.1)
-        assert peer.clears, "barge-in clears Twilio's queue"
+        await until(lambda: peer.clears, 2, "barge-in clears Twilio's queue")
         reaction = peer.clears[0] - peer.speech_sent_at
         assert reaction < 0.1, f"clear came {reaction * 1000:.0f} ms after the caller started speaking"
         assert event["utterances"] == ["u1"]
@@ -200,17 +207,18 @@ async def test_bad_input_ends_nothing_but_itself(phone: ServerThread) -> None:
     healthy = await twilio_call(phone, parameters={"text": REPLY})
     broken = await twilio_call(phone)
     try:
+        broken_session = _twilio_sessions(phone)[-1]
+        events = Events(phone, broken_session.id)
+        await events.subscribed()
         await broken.send_raw("{not json")
         await broken.send_raw('{"event": "mystery"}')
         await broken.send_raw('{"event": "media", "media": {"payload": "@@@not-base64"}}')
         await broken.send_raw("[1, 2, 3]")
-        await asyncio.sleep(0.2)
+        await until(lambda: events.kinds().count("error") == 4, 5, "an error event for each bad message")
         assert len(_twilio_sessions(phone)) == 2, "the broken call survives bad messages"
-        broken_session = _twilio_sessions(phone)[-1]
         await broken.close()  # the socket dies mid-call, without a stop
         await until(lambda: phone.app.state.sessions.get(broken_session.id) is None, 5, "broken call cleaned up")
-        while not any(name.startswith("end-") for _, name in healthy.marks_echoed):
-            await asyncio.sleep(0.05)
+        await until(lambda: any(name.startswith("end-") for _, name in healthy.marks_echoed), 30, "the healthy call's end")
         assert_speech_like(healthy.heard(), 8000, min_seconds=4, max_seconds=14)
     finally:
         await healthy.stop()
@@ -239,7 +247,7 @@ async def test_audiosocket_call_gets_paced_speech(phone: ServerThread) -> None:
         call_id = str(peer.call_id)
         await until(lambda: phone.app.state.sessions.get(call_id) is not None, 5, "session for the call")
         events = Events(phone, call_id)
-        await asyncio.sleep(0.2)
+        await events.subscribed()
         async with httpx.AsyncClient(base_url=phone.url) as client:
             said = await client.post(f"/v1/sessions/{call_id}/say", json={"text": REPLY, "flush": True})
             assert said.status_code == 200
@@ -250,7 +258,8 @@ async def test_audiosocket_call_gets_paced_speech(phone: ServerThread) -> None:
         span = audio_frames[-1][0] - audio_frames[0][0]
         assert span > len(audio_frames) * 0.02 - 0.15, "paced at real time, not a burst"
         peer.send(0x03, b"5")
-        await asyncio.sleep(0.1)
+        _, dtmf = await events.wait("dtmf", timeout=5)
+        assert dtmf["digit"] == "5"
         await peer.hangup()
         await until(lambda: phone.app.state.sessions.get(call_id) is None, 5, "session closed on hangup")
     finally:
@@ -266,8 +275,7 @@ async def test_audiosocket_follows_the_callers_rate(phone: ServerThread) -> None
         session = phone.app.state.sessions.get(call_id)
         assert session.buffer.sample_rate == 16000
         session.say("Sixteen kilohertz.", flush=True)
-        while not any(kind == 0x12 for _, kind, _ in peer.frames):
-            await asyncio.sleep(0.05)
+        await until(lambda: any(kind == 0x12 for _, kind, _ in peer.frames), 30, "16 kHz audio")
         assert {len(p) for _, k, p in peer.frames if k == 0x12} == {640}
     finally:
         await peer.close()
@@ -320,7 +328,7 @@ async def test_a_huge_media_message_is_refused_without_stalling_anyone(phone: Se
     peer = await twilio_call(phone)
     try:
         events = Events(phone, _twilio_sessions(phone)[-1].id)
-        await asyncio.sleep(0.2)
+        await events.subscribed()
         payload = base64.b64encode(_loud_ulaw(94)).decode()  # ~1 MB of base64, 94 s of audio in one message
         message = json.dumps({"event": "media", "streamSid": peer.stream_sid, "media": {"track": "inbound", "payload": payload}})
         lag = await _loop_lag_during(phone, lambda: peer.send_raw(message), 1.5)
@@ -338,7 +346,7 @@ async def test_a_caller_sending_ten_times_real_time_is_limited(phone: ServerThre
     peer = await twilio_call(phone)
     try:
         events = Events(phone, _twilio_sessions(phone)[-1].id)
-        await asyncio.sleep(0.2)
+        await events.subscribed()
         frames = [base64.b64encode(_loud_ulaw(0.02)).decode()] * 10
 
         async def flood() -> None:
