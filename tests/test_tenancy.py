@@ -21,8 +21,10 @@ import websockets
 import websockets.sync.client
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from cosyvoice.engine import Audio
 from cosyvoice.voices import VoiceRegistry
 from gateway.app import create_app
+from gateway.auth import KeyStore
 from gateway.settings import Settings
 from media.decode import decode_audio
 from support.servers import ServerThread, free_port
@@ -65,7 +67,8 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> ServerThread:
 @pytest.fixture(scope="module")
 def speech(tenants: ServerThread) -> bytes:
     """Real speech (the embedded voice), fit to be a prompt."""
-    body = httpx.post(tenants.url + "/v1/tts", json={"text": "This is my voice, keep it to me.", "seed": 3}, headers=auth("alice"), timeout=30)
+    text = {"text": "This is my voice, keep it to me.", "seed": 3}
+    body = httpx.post(tenants.url + "/v1/tts", json=text, headers=auth("alice"), timeout=30)
     return base64.b64decode(body.json()["audio"])
 
 
@@ -108,7 +111,8 @@ def steers(client: httpx.Client, server: ServerThread, session_id: str, name: st
 
 
 def test_a_session_is_its_openers_and_the_admins(tenants: ServerThread) -> None:
-    with websockets.sync.client.connect(ws_url(tenants, "/ws/v1/session", "alice")) as socket, httpx.Client(base_url=tenants.url, timeout=30) as client:
+    alices = ws_url(tenants, "/ws/v1/session", "alice")
+    with websockets.sync.client.connect(alices) as socket, httpx.Client(base_url=tenants.url, timeout=30) as client:
         session_id = json.loads(socket.recv(timeout=10))["session"]["session_id"]
         socket.send(json.dumps({"type": "text", "text": TEXT}))
         assert json.loads(socket.recv(timeout=10))["type"] == "text.accepted"
@@ -263,8 +267,6 @@ def test_saved_voices_are_their_tenants(tenants: ServerThread, speech: bytes) ->
 
 def test_voices_from_before_tenants_are_the_admins_until_handed_over(tenants: ServerThread, speech: bytes) -> None:
     samples, rate = decode_audio(speech)
-    from cosyvoice.engine import Audio
-
     registry = VoiceRegistry(tenants.app.state.registry.root)
     registry.create("legacy", Audio(samples, rate), "This is my voice.")
     meta_path = registry.root / "legacy" / "voice.json"
@@ -284,8 +286,6 @@ def test_voices_from_before_tenants_are_the_admins_until_handed_over(tenants: Se
 
 
 def test_key_file_roles(tmp_path: Path) -> None:
-    from gateway.auth import KeyStore
-
     store = KeyStore.from_settings(settings(tmp_path))
     assert {key.name: key.admin for key in store.keys} == {"alice": False, "bob": False, "ops": True}
     listed = Settings.model_validate({"auth": {"api_keys": ["a"], "admin_keys": ["b"]}})

@@ -108,3 +108,27 @@ def test_sigkill_mid_write_leaves_a_consistent_registry(tmp_path: Path) -> None:
             assert voice.prompt_audio is not None and voice.prompt_audio.duration == pytest.approx(30.0)
         for folder in tmp_path.iterdir():
             assert (folder / "voice.json").is_file() and (folder / "prompt.npy").is_file()
+
+
+def test_owners_persist_and_scopes_hide_other_owners_voices(tmp_path: Path) -> None:
+    from cosyvoice.voices import VoiceScope
+
+    registry = VoiceRegistry(tmp_path)
+    alice = VoiceScope(registry, "alice", everything=False)
+    bob = VoiceScope(registry, "bob", everything=False)
+    operator = VoiceScope(registry, None, everything=True)
+    alice.create("mine", voice_audio())
+    alice.rename("mine", "still-mine")
+    reopened = VoiceRegistry(tmp_path)  # the owner is on disk with the voice, not in memory
+    assert reopened.info("still-mine").owner == "alice"
+    assert bob.ids() == [] and "still-mine" not in bob and operator.ids() == ["still-mine"]
+    for attempt in (lambda: bob.get("still-mine"), lambda: bob.delete("still-mine"), lambda: bob.rename("still-mine", "x")):
+        with pytest.raises(VoiceNotFound):
+            attempt()
+    with pytest.raises(VoiceExists):  # the id is taken, but bob may not replace it
+        bob.create("still-mine", voice_audio(), replace=True)
+    operator.create("still-mine", voice_audio(2.0), replace=True)
+    assert registry.info("still-mine").owner == "alice", "a replacement keeps the owner"
+    operator.set_owner("still-mine", "bob")
+    assert VoiceRegistry(tmp_path).info("still-mine").owner == "bob" and alice.ids() == [] and bob.ids() == ["still-mine"]
+    assert not [path for path in (tmp_path / "still-mine").iterdir() if path.name.startswith(".tmp-")]
