@@ -28,6 +28,10 @@ gi.require_version("Nice", "0.1")
 from gi.repository import GLib, Gst, GstSdp, GstWebRTC, Nice  # noqa: E402
 
 OPUS_CAPS = "application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload=111"
+DECODE = (
+    "rtpopusdepay ! opusdec ! audioconvert ! audio/x-raw,format=F32LE,channels=1"
+    " ! appsink name=sink emit-signals=true sync=false"
+)
 
 
 class Player:
@@ -109,10 +113,7 @@ class Player:
     def _on_pad(self, _webrtc: Gst.Element, pad: Gst.Pad) -> None:
         if pad.get_direction() != Gst.PadDirection.SRC:
             return
-        chain = Gst.parse_bin_from_description(
-            "rtpopusdepay ! opusdec ! audioconvert ! audio/x-raw,format=F32LE,channels=1 ! appsink name=sink emit-signals=true sync=false",
-            True,
-        )
+        chain = Gst.parse_bin_from_description(DECODE, True)
         self.pipeline.add(chain)
         chain.sync_state_with_parent()
         pad.link(chain.get_static_pad("sink"))

@@ -25,6 +25,7 @@ from support.servers import ServerThread
 from support.waiting import until
 from tests.audio_checks import assert_speech_like, window_levels_db
 
+SDP_BODY = {"content-type": "application/sdp"}
 REPLY = "Hello there, thanks for calling. Your order has shipped and it should arrive on Tuesday morning."
 
 
@@ -36,7 +37,8 @@ async def test_bot_hears_speech_that_starts_before_the_text_ends(gateway: Server
             await asyncio.sleep(0.08)
         last_piece = time.monotonic()
         await call.wait_for("utterance.done", timeout=60)
-        await asyncio.sleep(0.3)
+        at_done = len(call.arrivals)  # the track goes on (silence): take 300 ms more, the frames in flight included
+        await until(lambda: len(call.arrivals) >= at_done + 15, 5, "the frames in flight at the end")
         audio = call.audio()
         levels = window_levels_db(audio, 48000)
         first_loud = next(i for i, level in enumerate(levels) if level > -45)
@@ -53,11 +55,13 @@ async def test_cancel_silences_the_track(gateway: ServerThread) -> None:
     async with WebRTCCall(gateway.url) as call:
         await call.say(" ".join([REPLY] * 4), flush=True)
         await call.wait_for("utterance.first_audio")
-        await asyncio.sleep(1.0)
+        at_first = len(call.arrivals)
+        await until(lambda: len(call.arrivals) >= at_first + 50, 10, "a second of the track after the first audio")
         await call.cancel()
         cancelled_at = time.monotonic()
         await call.wait_for("utterance.cancelled")
-        await asyncio.sleep(0.6)
+        # Nothing marks the absence of audio: hear the track for 600 ms after the cancel before judging it.
+        await until(lambda: call.arrivals[-1] > cancelled_at + 0.6, 5, "the track after the cancel")
         session = gateway.app.state.sessions.get(call.session_id)
         assert session.buffer.buffered == 0
         levels = window_levels_db(call.audio(), 48000)
@@ -93,13 +97,15 @@ async def _heard(heard: list, frames: int, seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize(("route", "direction"), [("/v1/whep", "recvonly"), ("/v1/whip", "recvonly"), ("/v1/whip", "sendrecv")])
+@pytest.mark.parametrize(
+    ("route", "direction"), [("/v1/whep", "recvonly"), ("/v1/whip", "recvonly"), ("/v1/whip", "sendrecv")]
+)
 async def test_whep_and_whip_create_play_and_delete(gateway: ServerThread, route: str, direction: str) -> None:
     pc, heard = await _listening_peer(direction)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
         response = await client.post(
             route, params={"text": "Played over WHEP."}, content=pc.localDescription.sdp,
-            headers={"content-type": "application/sdp"},
+            headers=SDP_BODY,
         )  # fmt: skip
         assert response.status_code == 201, response.text
         assert response.headers["content-type"] == "application/sdp"
@@ -109,7 +115,8 @@ async def test_whep_and_whip_create_play_and_delete(gateway: ServerThread, route
         await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
         await _heard(heard, 50, 20)
         assert len(heard) >= 50, "audio flows over the session"
-        patch = await client.patch(location, content=b"a=candidate", headers={"content-type": "application/trickle-ice-sdpfrag"})
+        trickle = {"content-type": "application/trickle-ice-sdpfrag"}
+        patch = await client.patch(location, content=b"a=candidate", headers=trickle)
         assert patch.status_code == 405 and patch.headers["allow"] == "DELETE"
         assert (await client.delete(location)).status_code == 200
         assert gateway.app.state.sessions.get(session_id) is None
@@ -140,7 +147,7 @@ async def test_a_whip_ingest_offer_is_refused_and_pointed_to_whep(gateway: Serve
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
         response = await client.post(
             "/v1/whip", params={"text": "Nobody hears this."}, content=pc.localDescription.sdp,
-            headers={"content-type": "application/sdp"},
+            headers=SDP_BODY,
         )  # fmt: skip
     await pc.close()
     assert response.status_code == 400
@@ -152,7 +159,7 @@ async def test_a_whip_ingest_offer_is_refused_and_pointed_to_whep(gateway: Serve
 async def test_delete_after_the_client_hung_up_first_is_ok(gateway: ServerThread) -> None:
     pc, _ = await _listening_peer()
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        response = await client.post("/v1/whep", content=pc.localDescription.sdp, headers={"content-type": "application/sdp"})
+        response = await client.post("/v1/whep", content=pc.localDescription.sdp, headers=SDP_BODY)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
         session_id = response.headers["location"].rsplit("/", 1)[1]
         await until(lambda: pc.connectionState == "connected", 15, "connected")
@@ -195,7 +202,7 @@ async def test_a_peer_with_an_rsa_certificate_connects(gateway: ServerThread, mo
         patch.setattr(RTCCertificate, "generateCertificate", GStreamerLikeCertificate.generateCertificate)
         pc, heard = await _listening_peer()
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        response = await client.post("/v1/whep", content=pc.localDescription.sdp, headers={"content-type": "application/sdp"})
+        response = await client.post("/v1/whep", content=pc.localDescription.sdp, headers=SDP_BODY)
         assert response.status_code == 201
         assert "a=setup:active" in response.text
         await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
@@ -215,7 +222,8 @@ GSTREAMER_PROBE = (
 
 def test_gstreamer_webrtcbin_hears_a_whep_session(gateway: ServerThread, tmp_path: Path) -> None:
     """A WebRTC stack that is neither aiortc nor Chromium: libnice ICE, OpenSSL DTLS with an RSA certificate."""
-    if not Path(GSTREAMER_PYTHON).exists() or subprocess.run([GSTREAMER_PYTHON, "-c", GSTREAMER_PROBE], capture_output=True).returncode:
+    probe = [GSTREAMER_PYTHON, "-c", GSTREAMER_PROBE]
+    if not Path(GSTREAMER_PYTHON).exists() or subprocess.run(probe, capture_output=True).returncode:
         pytest.skip("GStreamer's webrtcbin is not installed (apt-get install gstreamer1.0-plugins-bad gstreamer1.0-nice "
                     "gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 python3-gi)")  # fmt: skip
     out = tmp_path / "heard.f32"
@@ -258,8 +266,5 @@ async def test_a_vanished_peer_frees_its_session(gateway: ServerThread) -> None:
     await call.wait_for("utterance.first_audio")
     session_id = call.session_id
     await call.pc.close()  # no DELETE, no goodbye on the data channel
-    deadline = time.monotonic() + 15
-    while gateway.app.state.sessions.get(session_id) is not None and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert gateway.app.state.sessions.get(session_id) is None
+    await until(lambda: gateway.app.state.sessions.get(session_id) is None, 15, "the vanished peer's session freed")
     await until(lambda: gateway.engine.pool.busy == 0, 2, "engine idle")
