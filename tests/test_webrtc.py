@@ -83,7 +83,7 @@ async def _listening_peer(direction: str = "recvonly") -> tuple[RTCPeerConnectio
                 heard.append(await track.recv())
 
     pc.on("track", lambda track: asyncio.ensure_future(listen(track)))
-    if direction == "sendonly" or direction == "sendrecv":
+    if direction in ("sendonly", "sendrecv"):
         pc.addTransceiver(AudioStreamTrack(), direction=direction)
     else:
         pc.addTransceiver("audio", direction=direction)
