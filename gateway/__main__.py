@@ -19,6 +19,7 @@ import uvicorn
 
 from gateway.app import create_app, drain
 from gateway.connections import HeadDeadlineProtocol
+from gateway.redaction import RedactSecrets
 from gateway.request_id import RequestIdLogFilter
 from gateway.settings import SettingsError, load_settings
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdLogFilter())
+        handler.addFilter(RedactSecrets())
     try:
         app = create_app(settings)
     except (OSError, ValueError) as error:
@@ -94,10 +96,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def log_config() -> dict[str, Any]:
-    """uvicorn's logging, with each access line ending in the request's ``x-request-id``."""
+    """uvicorn's logging, with each access line ending in the request's ``x-request-id``, and keys masked."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["filters"] = {"request_id": {"()": RequestIdLogFilter}}
-    config["handlers"]["access"]["filters"] = ["request_id"]
+    config["filters"] = {"request_id": {"()": RequestIdLogFilter}, "redact": {"()": RedactSecrets}}
+    config["handlers"]["access"]["filters"] = ["request_id", "redact"]
+    config["handlers"]["default"]["filters"] = ["redact"]
     config["formatters"]["access"]["fmt"] += " [%(request_id)s]"
     return config
 

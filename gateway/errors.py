@@ -9,10 +9,11 @@ other routes answer ``{"detail": ...}`` as FastAPI does.
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -72,7 +73,7 @@ async def handle_error(request: Request, error: Exception) -> JSONResponse:
     openai = request.url.path.startswith(OPENAI_PATHS)
     if isinstance(error, RequestValidationError):
         if not openai:
-            return await request_validation_exception_handler(request, error)
+            return JSONResponse({"detail": _finite(jsonable_encoder(error.errors()))}, status_code=422)
         first = error.errors()[0]
         param = ".".join(str(part) for part in first["loc"] if part != "body") or None
         return error_response(request.url.path, 400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
@@ -83,6 +84,17 @@ async def handle_error(request: Request, error: Exception) -> JSONResponse:
         request.url.path, status, message, headers=headers,
         param=getattr(error, "param", None), code=getattr(error, "code", None),
     )  # fmt: skip
+
+
+def _finite(value: object) -> object:
+    """FastAPI's 422 body echoes the input, and JSON has no NaN or Infinity: echo those as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def error_response(

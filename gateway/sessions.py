@@ -13,7 +13,7 @@ from gateway.auth import OPERATOR, ApiKey, Caller
 from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
-from signaling.session import Session, VoiceSettings
+from signaling.session import Session, SessionLimits, VoiceSettings
 
 
 class SessionSpeech:
@@ -50,7 +50,7 @@ class SessionSpeech:
                 changes["prompt_audio"] = self.synth.audio_from_base64(encoded, "prompt_audio_base64")
         except HTTPException as error:
             raise InvalidRequest(str(error.detail)) from error
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise InvalidRequest(f"bad voice settings: {error}") from error
         return replace(current, **changes)
 
@@ -74,6 +74,12 @@ class SessionFactory:
         self.synth = synth
         self.settings = settings
         self.manager = manager
+        self.limits = SessionLimits(
+            max_text_chars=settings.limits.max_session_text_chars,
+            max_utterance_chars=settings.limits.max_utterance_chars,
+            max_queued=settings.limits.max_queued_clauses,
+            max_lead_seconds=settings.session.max_lead_seconds,
+        )
 
     def parse_voice(self, fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
         return SessionSpeech(self.synth, "").parse_voice(fields, current)
@@ -122,6 +128,7 @@ class SessionFactory:
                 "max_chars": engine.max_clause_chars,
             },
             session_id=session_id,
+            limits=self.limits,
         )
         session.owner = caller.tenant
         metrics = self.synth.metrics

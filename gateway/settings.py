@@ -68,6 +68,7 @@ class SessionSettings(Section):
     idle_timeout: float = Field(120.0, gt=0)
     lead_ms: int = Field(100, ge=0, le=2000)
     opus_bitrate: int = Field(32000, ge=6000, le=510000)
+    max_lead_seconds: float = Field(10.0, gt=0)
 
 
 class WebRTCSettings(Section):
@@ -101,6 +102,9 @@ class LimitSettings(Section):
     max_websocket_sessions: int = Field(100, ge=0)
     max_webrtc_sessions: int = Field(30, ge=0)
     max_telephony_sessions: int = Field(100, ge=0)
+    max_session_text_chars: int = Field(4096, ge=1)
+    max_utterance_chars: int = Field(20_000, ge=1)
+    max_queued_clauses: int = Field(1000, ge=1)
 
 
 class AuthSettings(Section):

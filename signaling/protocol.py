@@ -8,11 +8,14 @@ or on the WebRTC audio track.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from cosyvoice import SynthesisError
-from signaling.session import Session, SessionClosed, VoiceSettings
+from signaling.session import LimitExceeded, Session, SessionClosed, VoiceSettings
+
+log = logging.getLogger(__name__)
 
 VoiceParser = Callable[[dict[str, Any], VoiceSettings], VoiceSettings]
 
@@ -27,9 +30,11 @@ def parse(raw: str | bytes) -> dict[str, Any]:
     if len(raw) > MAX_MESSAGE_CHARS:
         raise ProtocolError(f"message longer than {MAX_MESSAGE_CHARS} characters")
     try:
-        message = json.loads(raw)
+        message = json.loads(raw, parse_constant=_refuse_constant)
     except ValueError as error:
         raise ProtocolError(f"not JSON: {error}") from error
+    except RecursionError as error:
+        raise ProtocolError("not JSON this program reads: nested too deeply") from error
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError('a message is a JSON object with a string "type"')
     return message
@@ -67,6 +72,14 @@ def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -
         if kind == "ping":
             return session.events.stamped("pong", id=message.get("id"))
         raise ProtocolError(f"unknown message type '{kind}'")
-    except (ProtocolError, SynthesisError, SessionClosed) as error:
+    except (ProtocolError, SynthesisError, SessionClosed, LimitExceeded) as error:
         session.events.emit("error", message=str(error), request_type=kind)
         return None
+    except Exception:  # a bug must cost the client one message, not the call; the log keeps the trace
+        log.exception("session %s: a %r message failed", session.id, kind)
+        session.events.emit("error", message=f"internal error while handling '{kind}'", request_type=kind)
+        return None
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ProtocolError(f"{name} is not a number JSON allows")

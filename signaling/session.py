@@ -62,6 +62,28 @@ class SessionClosed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """What one session may hold, so that no client can take more than its share of memory or engine time."""
+
+    max_text_chars: int = 4096  # text in one ``say`` (one message)
+    max_utterance_chars: int = 20_000  # text in one utterance (~20 minutes of speech)
+    max_queued: int = 1000  # clauses waiting for synthesis (marks and utterance ends count too)
+    max_lead_seconds: float = 10.0  # synthesized audio not yet played; beyond it synthesis waits
+
+
+class LimitExceeded(Exception):
+    """A client asked a session to hold more than its limits allow; nothing of the request was taken."""
+
+
+class TextTooLong(LimitExceeded):
+    """Too much text in one message or one utterance."""
+
+
+class QueueFull(LimitExceeded):
+    """Too many clauses waiting; the client should wait for playback to catch up."""
+
+
 @dataclass
 class Utterance:
     id: str
@@ -104,6 +126,7 @@ class Session:
         voice: VoiceSettings | None = None,
         clause_options: dict[str, int] | None = None,
         session_id: str | None = None,
+        limits: SessionLimits | None = None,
     ) -> None:
         self.id = session_id or "s_" + secrets.token_hex(8)
         self.transport = transport
@@ -115,6 +138,7 @@ class Session:
         self.closed = False
         self.close_reason = ""
         self.owner: str | None = None  # the API key's name, when keys are on
+        self.limits = limits or SessionLimits()
         self._speech = speech
         self._splitter = ClauseSplitter(**(clause_options or {}))
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
@@ -133,8 +157,12 @@ class Session:
         self._touch()
 
     def say(self, text: str, *, flush: bool = False) -> Utterance:
-        """Add text to the current utterance (starting one if needed)."""
+        """Add text to the current utterance (starting one if needed).
+
+        Raises :class:`LimitExceeded` (and takes none of the text) beyond the session's limits.
+        """
         self._check_open()
+        self._check_room(text)
         utterance = self._current or self._start_utterance()
         utterance.text += text
         now = time.monotonic()
@@ -163,6 +191,7 @@ class Session:
     def mark(self, name: str) -> None:
         """A named point after all text so far; a ``mark`` event says when it was played."""
         self._check_open()
+        self._check_room(name)
         utterance = self._current or self._start_utterance()
         for clause in self._splitter.flush():  # a mark ends the clause it follows
             self._jobs.put_nowait(_Job(utterance, "clause", clause, time.monotonic()))
@@ -311,6 +340,28 @@ class Session:
     def _touch(self) -> None:
         self._last_activity = time.monotonic()
 
+    def _check_room(self, text: str) -> None:
+        limits = self.limits
+        if len(text) > limits.max_text_chars:
+            raise TextTooLong(f"text of {len(text)} characters; at most {limits.max_text_chars} in one message")
+        held = len(self._current.text) if self._current is not None else 0
+        if held + len(text) > limits.max_utterance_chars:
+            raise TextTooLong(
+                f"an utterance holds at most {limits.max_utterance_chars} characters ({held} so far); flush it and start another"
+            )
+        if self._jobs.qsize() >= limits.max_queued:
+            raise QueueFull(f"{self._jobs.qsize()} clauses are waiting to be spoken; send more once playback catches up")
+
+    async def _wait_for_listener(self) -> None:
+        """Backpressure: synthesize a clause only while less than ``max_lead_seconds`` of audio waits to be heard.
+
+        The buffer drains at real time while the transport reads it, so sleeping for the excess is exact;
+        a stalled reader (a client that stopped reading) keeps synthesis waiting instead of piling up audio.
+        """
+        rate = self.buffer.sample_rate
+        while (excess := self.buffer.buffered / rate - self.limits.max_lead_seconds) > 0:
+            await asyncio.sleep(excess)
+
     async def _synthesize(self) -> None:
         """Clause jobs in order, one engine stream at a time, into the playout buffer."""
         while True:
@@ -321,6 +372,7 @@ class Session:
             elif job.kind == "mark":
                 self.buffer.mark(job.text, utterance.id)
             elif utterance.state == "speaking":
+                await self._wait_for_listener()
                 await self._speak(job)
 
     async def _speak(self, job: _Job) -> None:

@@ -62,6 +62,7 @@ class TwilioCall:
         self._mark_ids = itertools.count(1)
         self._send_lock = asyncio.Lock()
         self._media_head = ""
+        self.ignored_messages = 0  # malformed messages from the far end: counted, reported, skipped
 
     async def run(self) -> None:
         """Serve the call until Twilio sends ``stop`` or the socket closes."""
@@ -115,7 +116,11 @@ class TwilioCall:
                     media = {"event": "media", "streamSid": self.stream_sid, "media": {"payload": ""}}
                     self._media_head = json.dumps(media)[:-3]
                     self.call_sid = str(start.get("callSid", ""))
+                    if not isinstance(start.get("customParameters") or {}, dict):
+                        raise ValueError("start with customParameters that are not an object")
                     media_format = start.get("mediaFormat") or {}
+                    if not isinstance(media_format, dict):
+                        raise ValueError(f"start with a mediaFormat that is not an object: {media_format!r}")
                     if media_format and media_format.get("encoding", "audio/x-mulaw") != "audio/x-mulaw":
                         raise ValueError(f"unsupported media format {media_format}")
                     return start
@@ -131,6 +136,9 @@ class TwilioCall:
             if message is None:
                 continue
             event = message.get("event")
+            if event in ("media", "mark", "dtmf") and not isinstance(message.get(event), dict):
+                self._ignore(f"a Twilio {event!r} message without a {event!r} object")
+                continue
             if event == "media":
                 self._inbound_media(message.get("media") or {})
             elif event == "mark":
@@ -187,14 +195,20 @@ class TwilioCall:
     def _parse(self, text: str) -> dict | None:
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             message = None
         if not isinstance(message, dict):
-            log.warning("twilio stream %s: ignored a message that is not a JSON object", self.stream_sid or "?")
-            if self.session is not None:
-                self.session.events.emit("error", message="malformed Twilio message ignored")
+            self._ignore("a Twilio message that is not a JSON object")
             return None
         return message
+
+    def _ignore(self, what: str) -> None:
+        """A malformed message costs the far end that message, not the call: logged once per call, then counted."""
+        self.ignored_messages += 1
+        if self.ignored_messages == 1:
+            log.warning("twilio stream %s: ignored %s (further ones are only counted)", self.stream_sid or "?", what)
+        if self.session is not None:
+            self.session.events.emit("error", message=f"malformed Twilio message ignored: {what}")
 
     async def _close(self, code: int) -> None:
         if self.websocket.application_state == WebSocketState.CONNECTED:

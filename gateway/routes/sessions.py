@@ -30,7 +30,7 @@ from gateway.streaming import SEND_TIMEOUT, BoundedStreamingResponse
 from signaling.events import TooManySubscribers
 from signaling.manager import SessionManager
 from signaling.protocol import ProtocolError
-from signaling.session import Session, SessionClosed
+from signaling.session import QueueFull, Session, SessionClosed, TextTooLong
 from signaling.websocket import AudioFormat, WebSocketTransport
 
 router = APIRouter(tags=["sessions"])
@@ -53,6 +53,8 @@ async def websocket_session(websocket: WebSocket) -> None:
     await accept(websocket)
     try:
         audio = AudioFormat.from_query(query.get("format"), query.get("sample_rate"))
+        if len(query.get("text") or "") > settings.limits.max_session_text_chars:
+            raise ProtocolError(f"text of more than {settings.limits.max_session_text_chars} characters; send it in messages")
         session = websocket.app.state.session_factory.open(
             "websocket", audio.sample_rate, dict(query), owner=websocket.scope.get("state", {}).get("api_key")
         )
@@ -92,6 +94,10 @@ async def say(session_id: str, body: Say, request: Request) -> dict:
         utterance = session.say(body.text, flush=body.flush)
     except SessionClosed as error:
         raise HTTPException(409, str(error)) from error
+    except TextTooLong as error:
+        raise HTTPException(413, str(error)) from error
+    except QueueFull as error:
+        raise HTTPException(429, str(error), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from error
     return {"session_id": session.id, "utterance_id": utterance.id}
 
 

@@ -97,7 +97,11 @@ async def _receive_config(websocket: WebSocket) -> TtsRequest:
         raise WebSocketDisconnect(message.get("code", 1000))
     if message.get("text") is None:
         raise ValueError("the first message must be JSON text with the /v1/tts fields")
-    return TtsRequest.model_validate(json.loads(message["text"]))
+    try:
+        fields = json.loads(message["text"])
+    except RecursionError as error:
+        raise ValueError("the config is nested too deeply") from error
+    return TtsRequest.model_validate(fields)
 
 
 async def _send_until_disconnect(websocket: WebSocket, stream: AudioStream) -> bool:
