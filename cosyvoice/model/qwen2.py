@@ -283,10 +283,6 @@ class SlotCache:
     def _length(self, row: int) -> int:
         return int(self.lengths[row])
 
-    def rows(self, active: int) -> int:
-        """Rows a decode step of ``active`` sequences runs on (here: exactly those)."""
-        return active
-
     def stage(self, ids: list[int]) -> Tensor:
         """The step's input token ids on the device, one per row."""
         return torch.tensor(ids, device=self.device)
@@ -381,9 +377,6 @@ class StaticSlotCache(SlotCache):
 
     def _length(self, row: int) -> int:
         return self.host[row]
-
-    def rows(self, active: int) -> int:
-        return bucket(active)
 
     def stage(self, ids: list[int]) -> Tensor:
         """The step's token ids padded to the bucket (the positions go over with them)."""
