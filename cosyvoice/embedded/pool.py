@@ -24,6 +24,7 @@ import numpy as np
 
 from cosyvoice.embedded import protocol
 from cosyvoice.errors import EngineFailure
+from cosyvoice.timing import TimingSource, WordTiming
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,13 @@ class WorkerProcess:
         self.info = json.loads(payload)
         return self.info
 
-    async def synthesize(self, text: str, speed: float, deterministic: bool) -> AsyncIterator[np.ndarray]:
-        """Yield the clause's audio, one array per sentence Piper finds in it."""
+    async def synthesize(
+        self, text: str, speed: float, deterministic: bool
+    ) -> AsyncIterator[np.ndarray | tuple[WordTiming, ...]]:
+        """Yield the clause's audio, one array per sentence Piper finds in it, then its words' timings.
+
+        The timings count from the clause's first sample and index ``text``.
+        """
         job = await self._send({"op": "synthesize", "text": text, "speed": speed, "deterministic": deterministic})
         while True:
             kind, frame_job, payload = await self._read_frame(FRAME_TIMEOUT)
@@ -79,12 +85,22 @@ class WorkerProcess:
                 raise EngineFailure(f"embedded worker answered job {frame_job} while {job} was running")
             if kind == protocol.AUDIO:
                 yield np.frombuffer(payload, dtype="<f4").astype(np.float32)
+            elif kind == protocol.WORDS:
+                yield self._words(text, json.loads(payload))
             elif kind == protocol.END:
                 self.pending_job = None
                 return
             else:
                 self.pending_job = None
                 raise EngineFailure(f"embedded worker failed: {payload.decode(errors='replace')}")
+
+    def _words(self, text: str, report: dict) -> tuple[WordTiming, ...]:
+        rate = self.info["sample_rate"]
+        source = TimingSource.ALIGNED if report["aligned"] else TimingSource.ESTIMATED
+        return tuple(
+            WordTiming(text[first:last], start / rate, end / rate, first, last, source)
+            for first, last, start, end in report["words"]
+        )
 
     async def ping(self, timeout: float) -> None:
         await self._send({"op": "ping"})
