@@ -9,8 +9,8 @@ has been written. Text between two flushes is one utterance. ``cancel``
 Audio goes into a :class:`~media.playout.PlayoutBuffer` at the transport's
 rate; the transport reads it at real-time pace and hands each frame's report
 back to :meth:`Session.on_frame`, which turns it into events: marks, played
-time, utterance done. Events are published on the session's
-:class:`~signaling.events.EventHub`.
+time, words as they begin to play, utterance done. Events are published on
+the session's :class:`~signaling.events.EventHub`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cosyvoice import Audio, AudioStream, Mode, SynthesisError
+from cosyvoice import Audio, AudioStream, Mode, SynthesisError, WordTiming
 from cosyvoice.text import ClauseSplitter
+from cosyvoice.timing import heard_text
 from media.playout import Frame, PlayoutBuffer, Reached
 from media.resample import StreamResampler
 from signaling.events import EventHub
@@ -69,7 +70,7 @@ class SessionLimits:
     max_text_chars: int = 4096  # text in one ``say`` (one message)
     max_utterance_chars: int = 20_000  # text in one utterance (~20 minutes of speech)
     max_queued: int = 1000  # clauses waiting for synthesis (marks and utterance ends count too)
-    max_lead_seconds: float = 10.0  # synthesized audio not yet played; beyond it synthesis waits
+    max_lead_seconds: float = 10.0  # synthesized audio not yet played; beyond it the next clause waits
 
 
 class LimitExceeded(Exception):
@@ -94,6 +95,18 @@ class Utterance:
     first_audio_latency: float | None = None  # from the text that completed the first clause
     audio_samples: int = 0
     played_samples: int = 0
+    # Word timings in the utterance's timeline (seconds from its first sample) and text, as the engine gave them.
+    words: list[WordTiming] = field(default_factory=list)
+    words_announced: int = 0  # words[:words_announced] have had their ``word`` event
+    text_cursor: int = 0  # where the next clause is looked for in ``text``
+
+    def heard_text(self, sample_rate: int) -> str | None:
+        """The text up to the last word that began playing; None where the engine gave no word timings."""
+        if self.played_samples == 0:
+            return ""
+        if not self.words:
+            return None
+        return heard_text(self.text, self.words, self.played_samples / sample_rate)
 
     def summary(self, sample_rate: int) -> dict:
         return {
@@ -103,6 +116,7 @@ class Utterance:
             "first_audio_ms": None if self.first_audio_latency is None else round(self.first_audio_latency * 1000, 1),
             "audio_ms": round(self.audio_samples * 1000 / sample_rate),
             "played_ms": round(self.played_samples * 1000 / sample_rate),
+            "heard_text": self.heard_text(sample_rate),
         }
 
 
@@ -257,6 +271,7 @@ class Session:
             utterance = self.utterances.get(tag)
             if utterance is not None:
                 utterance.played_samples = self.buffer.played.get(tag, 0)
+                self._announce_words(utterance)
         if report_reached:
             for reached in frame.reached:
                 self.on_reached(reached)
@@ -280,6 +295,7 @@ class Session:
         elif utterance.state == "speaking":
             utterance.state = "done"
             utterance.played_samples = reached.played
+            self._announce_words(utterance, every=True)
             self.events.emit("utterance.done", **utterance.summary(rate))
             self.buffer.forget(reached.tag)
 
@@ -383,10 +399,25 @@ class Session:
             self._fail(utterance, error)
             return
         resampler = StreamResampler(stream.sample_rate, self.buffer.sample_rate)
+        # The clause's place in the utterance: its audio follows what is pushed so far, its text is the next match.
+        seconds = utterance.audio_samples / self.buffer.sample_rate
+        chars = utterance.text.find(job.text, utterance.text_cursor)
+        if chars >= 0:
+            utterance.text_cursor = chars + len(job.text)
+        taken = 0
+
+        def take_words() -> None:
+            nonlocal taken
+            if chars >= 0:
+                utterance.words.extend(word.shifted(seconds, chars) for word in stream.words[taken:])
+            taken = len(stream.words)
+
         try:
             async with stream:
                 async for chunk in stream:
                     self._push(utterance, resampler.process(chunk), job.since)
+                    take_words()
+            take_words()  # timings an engine sent after its last chunk
             self._push(utterance, resampler.flush(), job.since)
         except SynthesisError as error:
             self._fail(utterance, error)
@@ -403,6 +434,21 @@ class Session:
             )
         utterance.audio_samples += len(samples)
         self.buffer.push(samples, utterance.id)
+
+    def _announce_words(self, utterance: Utterance, *, every: bool = False) -> None:
+        """``word`` events for the words whose start has now been played (``every``: all the rest)."""
+        played = utterance.played_samples / self.buffer.sample_rate
+        words = utterance.words
+        while utterance.words_announced < len(words):
+            word = words[utterance.words_announced]
+            if not every and word.start_s >= played:
+                return
+            utterance.words_announced += 1
+            self.events.emit(
+                "word", utterance_id=utterance.id, word=word.text,
+                start_ms=round(word.start_s * 1000), end_ms=round(word.end_s * 1000),
+                char_start=word.char_start, char_end=word.char_end, source=word.source.value,
+            )  # fmt: skip
 
     def _fail(self, utterance: Utterance, error: Exception) -> None:
         log.warning("session %s utterance %s failed: %s", self.id, utterance.id, error)

@@ -109,8 +109,15 @@ async def flush(session_id: str, request: Request) -> dict:
 
 @router.post("/v1/sessions/{session_id}/cancel")
 async def cancel(session_id: str, request: Request) -> dict:
-    cancelled = _session(request, session_id).cancel("control api")
-    return {"session_id": session_id, "cancelled": cancelled}
+    """Barge-in; says what the listener heard of each cut utterance (``heard_text``), to truncate a transcript."""
+    session = _session(request, session_id)
+    cancelled = session.cancel("control api")
+    rate = session.buffer.sample_rate
+    return {
+        "session_id": session_id,
+        "cancelled": cancelled,
+        "utterances": [session.utterances[u].summary(rate) for u in cancelled if u in session.utterances],
+    }
 
 
 @router.delete("/v1/sessions/{session_id}", status_code=204, response_class=Response)
