@@ -117,6 +117,9 @@ class WebSocketTransport:
                 await self._send_json(reply)
             if self.session.closed:
                 return
+            # Messages already received are handed over without a pause: yield, so that a client's flood
+            # of them takes turns with every other session instead of holding the loop until it ends.
+            await asyncio.sleep(0)
 
     async def _forward(self, events) -> None:
         async for event in events:

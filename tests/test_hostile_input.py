@@ -166,6 +166,40 @@ def test_a_full_clause_queue_refuses_more_text_over_the_websocket(bounded: Serve
         listener.close()
 
 
+def test_a_flood_of_messages_takes_turns_with_the_rest_of_the_loop(bounded: ServerThread) -> None:
+    """Messages already buffered used to be handled back to back: 3,000 at once held the loop ~0.5 s."""
+    listener = Listener(bounded.url)
+    session = bounded.app.state.sessions.get(listener.session_id)
+    handled = 0
+    metrics_tap = session.events.tap
+
+    def count(event: dict) -> None:
+        nonlocal handled
+        handled += event["type"] in ("utterance.started", "error")  # one of them per message below
+        metrics_tap(event)
+
+    async def widest_turn(total: int) -> int:
+        """The most messages handled between two turns of this task on the gateway's loop."""
+        widest, last = 0, 0
+        while handled < total:
+            widest, last = max(widest, handled - last), handled
+            await asyncio.sleep(0)
+        return max(widest, handled - last)
+
+    flood = 600
+    try:
+        session.events.tap = count
+        turns = asyncio.run_coroutine_threadsafe(widest_turn(flood), bounded.loop)
+        for n in range(flood):  # flushed: each starts an utterance, or is refused once the queue is full
+            listener.socket.send(json.dumps({"type": "text", "text": f"Sentence {n}.", "flush": True}))
+        widest = turns.result(timeout=60)
+        # One message per turn, give or take the turn in which this task started.
+        assert widest <= 3, f"{widest} messages handled without letting anything else run"
+        _alive(listener, 3)
+    finally:
+        listener.close()
+
+
 # Malformed control messages.
 
 
