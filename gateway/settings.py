@@ -74,6 +74,7 @@ class SessionSettings(Section):
 class WebRTCSettings(Section):
     ice_servers: list[str] = []
     host_addresses: list[str] = []
+    connect_timeout: float = Field(15.0, gt=0)  # seconds from the answer until the peer must have connected
 
 
 class TelephonySettings(Section):

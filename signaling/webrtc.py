@@ -35,10 +35,10 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCCertificate
-from aiortc.sdp import SessionDescription
 
 from media.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusEncoder
 from media.pacing import FrameClock
+from signaling.offers import OfferError, check_offer
 from signaling.protocol import ProtocolError, VoiceParser, apply, parse
 from signaling.events import Subscription
 from signaling.session import Session
@@ -59,14 +59,6 @@ DTLS_CIPHERS = (
     b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
     b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
 )
-
-
-class OfferError(ValueError):
-    """An SDP offer we cannot answer."""
-
-
-class SendOnlyOffer(OfferError):
-    """An offer whose audio never flows toward the client (a WHIP ingest offer): the session could not be heard."""
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:
@@ -200,20 +192,24 @@ class SessionAudioTrack(MediaStreamTrack):
         return packet
 
 
-def _receives_audio(offer: SessionDescription) -> bool:
-    """Whether an audio section lets the offerer receive (no direction attribute means ``sendrecv``)."""
-    return any(m.kind == "audio" and m.direction in (None, "sendrecv", "recvonly") for m in offer.media)
-
-
 class WebRTCPeer:
-    """One peer connection carrying one session."""
+    """One peer connection carrying one session.
 
-    def __init__(self, session: Session, parse_voice: VoiceParser, *, ice: Sequence[str], bitrate: int) -> None:
+    A client that takes an answer and never connects (ICE or DTLS never
+    completes) holds a session, and WebRTC capacity, for nothing: the session
+    closes unless it connects within ``connect_timeout`` seconds.
+    """
+
+    def __init__(
+        self, session: Session, parse_voice: VoiceParser, *, ice: Sequence[str], bitrate: int, connect_timeout: float
+    ) -> None:
         self.session = session
         self.parse_voice = parse_voice
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(ice)))
         self.track = SessionAudioTrack(session, bitrate)
         self.inbound_frames = 0
+        self.connect_timeout = connect_timeout
+        self._connected = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         # Held for the first data channel, which opens after the offer's text was said: it sees the session from its start.
         self._early_events: Subscription | None = session.events.subscribe(maxsize=EARLY_EVENTS)
@@ -223,24 +219,23 @@ class WebRTCPeer:
         session.on_close(self.close)
 
     async def answer(self, sdp: str, kind: str = "offer") -> RTCSessionDescription:
-        if kind != "offer":
-            raise OfferError(f"expected an SDP offer, got type '{kind}'")
-        if "m=audio" not in sdp:
-            raise OfferError("the offer has no audio section: add a receiving audio transceiver")
+        """Answer an offer (``OfferError`` for one that cannot be), then wait ``connect_timeout`` for the client."""
+        check_offer(sdp, kind)
         try:
-            receiving = _receives_audio(SessionDescription.parse(sdp))
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except (ValueError, KeyError, IndexError) as error:
-            raise OfferError(f"cannot parse the SDP offer: {error}") from error
-        if not receiving:
-            raise SendOnlyOffer("the offer's audio is send-only or inactive, so nothing could hear the session")
-        self.pc.addTrack(self.track)
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+            self.pc.addTrack(self.track)
+            answer = await self.pc.createAnswer()
+        except Exception as error:  # aiortc checks what it applies (ICE credentials, fingerprints, codecs) as it goes
+            raise OfferError(f"cannot answer the SDP offer: {str(error) or type(error).__name__}") from error
+        await self.pc.setLocalDescription(answer)
+        self._spawn(self._expect_connection())
         return self.pc.localDescription
 
     async def close(self) -> None:
+        current = asyncio.current_task()
         for task in self._tasks:
-            task.cancel()
+            if task is not current:  # the connect timer closes its own session: cancelling it would cut the close short
+                task.cancel()
         self.track.stop()
         await self.pc.close()
 
@@ -248,6 +243,13 @@ class WebRTCPeer:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _expect_connection(self) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
+        except TimeoutError:
+            log.info("session %s: no connection within %g s; closing it", self.session.id, self.connect_timeout)
+            await self.session.close(f"no connection within {self.connect_timeout:g} s")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -296,5 +298,7 @@ class WebRTCPeer:
     async def _on_state(self) -> None:
         state = self.pc.connectionState
         log.debug("session %s peer connection %s", self.session.id, state)
+        if state == "connected":
+            self._connected.set()
         if state in ("failed", "closed"):
             await self.session.close(f"peer connection {state}")

@@ -17,8 +17,9 @@ from pydantic import BaseModel
 from cosyvoice import InvalidRequest
 from gateway.auth import caller_of
 from gateway.settings import Settings
-from signaling.session import Session
-from signaling.webrtc import OUTPUT_RATE, OfferError, SendOnlyOffer, WebRTCPeer, ice_servers
+from signaling.offers import OfferError, SendOnlyOffer
+from signaling.session import Session, TextTooLong
+from signaling.webrtc import OUTPUT_RATE, WebRTCPeer, ice_servers
 
 router = APIRouter(tags=["WebRTC"])
 
@@ -139,19 +140,25 @@ async def _answer(request: Request, sdp: str, kind: str, fields: dict) -> tuple[
         )
     except InvalidRequest as error:
         raise HTTPException(400, str(error)) from error
-    peer = WebRTCPeer(
-        session,
-        request.app.state.session_factory.parse_voice,
-        ice=settings.webrtc.ice_servers,
-        bitrate=settings.session.opus_bitrate,
-    )
     try:
+        peer = WebRTCPeer(
+            session,
+            request.app.state.session_factory.parse_voice,
+            ice=settings.webrtc.ice_servers,
+            bitrate=settings.session.opus_bitrate,
+            connect_timeout=settings.webrtc.connect_timeout,
+        )
         answer = await peer.answer(sdp, kind)
-    except OfferError as error:
-        await session.close("bad offer")
-        hint = f"; the gateway sends speech and takes in no stream: play a session with WHEP, POST {WHEP}"
-        raise HTTPException(400, str(error) + (hint if isinstance(error, SendOnlyOffer) else "")) from error
+        if fields.get("text"):
+            session.say(fields["text"], flush=True)
+    except BaseException as error:
+        # Whatever went wrong, the session and its peer connection go now, not at the idle timeout.
+        await session.close("offer not answered")
+        if isinstance(error, OfferError):
+            hint = f"; the gateway sends speech and takes in no stream: play a session with WHEP, POST {WHEP}"
+            raise HTTPException(400, str(error) + (hint if isinstance(error, SendOnlyOffer) else "")) from error
+        if isinstance(error, TextTooLong):
+            raise HTTPException(413, str(error)) from error
+        raise
     issued.add(session)
-    if fields.get("text"):
-        session.say(fields["text"], flush=True)
     return session, answer
