@@ -158,3 +158,14 @@ async def test_a_connected_call_outlives_the_connect_timeout(server: ServerThrea
         assert not session.closed, session.close_reason
         await call.say("Still here.", flush=True)
         await call.wait_for("utterance.done", timeout=20)
+
+
+async def test_too_much_first_text_is_refused_and_frees_its_session(server: ServerThread) -> None:
+    offerer, sdp = await _offer()
+    before = _webrtc_sessions(server)
+    text = "word " * (server.app.state.settings.limits.max_session_text_chars // 5 + 1)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        response = await client.post("/v1/webrtc/offer", json={"sdp": sdp, "type": "offer", "text": text})
+    assert response.status_code == 413, response.text
+    assert _webrtc_sessions(server) <= before, "the refused session is closed at once"
+    await offerer.close()
