@@ -39,6 +39,7 @@ from cosyvoice.runtime.scheduler import Scheduler, TokenStage
 from cosyvoice.runtime.session import END, LLM_DONE, Session
 from cosyvoice.runtime.tokens import TorchTokens
 from cosyvoice.text import split_clauses
+from cosyvoice.timing import spread, word_spans
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,15 @@ V3_SYSTEM = "You are a helpful assistant."
 Piece = Tensor | list[int]  # a clause's text token ids, or (voice conversion) the source's speech tokens
 V1_END_OF_PROMPT = "<endofprompt>"
 CLONING = (Mode.ZERO_SHOT, Mode.CROSS_LINGUAL, Mode.INSTRUCT2, Mode.VC)
+TOKEN_RATES = {1: 50, 2: 25, 3: 25}  # speech tokens per second of audio, by model generation
+
+
+@dataclass(frozen=True)
+class _ClauseWords:
+    """A clause's words: their spans in the request's text and their text tokens, to share its audio out by."""
+
+    spans: tuple[tuple[int, int], ...] = ()
+    weights: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,7 +216,9 @@ class CosyVoiceEngine(Engine):
         loop = asyncio.get_running_loop()
         started: list[tuple[Session, asyncio.Queue]] = []
         try:
-            prompt, texts = await loop.run_in_executor(self._executor, self._prepare, request)
+            prompt, texts, words = await loop.run_in_executor(self._executor, self._prepare_timed, request)
+            emitted, timed_until = 0, 0.0  # samples so far: where the next clause's audio begins; the last word's end
+            rate = self._capabilities.sample_rate
 
             def begin(piece: Piece) -> None:
                 queue: asyncio.Queue = asyncio.Queue()
@@ -216,14 +228,24 @@ class CosyVoiceEngine(Engine):
 
             begin(texts[0])
             for index in range(len(texts)):
-                queue = started[index][1]
+                session, queue = started[index]
+                # an estimate a few ms past its clause's real end must not overlap the next clause's words
+                clause_start = max(emitted / rate, timed_until)
                 while (item := await queue.get()) is not END:
                     if item is LLM_DONE:  # the next clause's LLM can start while this one renders
                         if len(started) == index + 1 < len(texts):
                             begin(texts[index + 1])
+                        # Every speech token is known, so the clause's length is: its words share it by text tokens.
+                        seconds = len(session.tokens) / TOKEN_RATES[self.components.generation] / request.speed
+                        clause = words[index]
+                        timed = spread(request.text, clause.spans, clause.weights, clause_start, clause_start + seconds)
+                        if timed:
+                            timed_until = timed[-1].end_s
+                            await emit(np.zeros(0, np.float32), timed)
                     elif isinstance(item, BaseException):
                         raise item
                     else:
+                        emitted += len(item)
                         await emit(item)
         except (asyncio.CancelledError, InvalidRequest):
             raise
@@ -244,13 +266,32 @@ class CosyVoiceEngine(Engine):
             session.tokens, session.llm_done = piece, True
         return session
 
-    def _prepare(self, request: SynthesisRequest) -> tuple[ModeInputs, list[Piece]]:
+    def _prepare_timed(self, request: SynthesisRequest) -> tuple[ModeInputs, list[Piece], list[_ClauseWords]]:
+        """:meth:`_prepare`, and each clause's words (none for voice conversion, which has no text)."""
+        if request.mode is Mode.VC:
+            prompt, texts = self._prepare(request)
+            return prompt, texts, [_ClauseWords()]
+        clauses = self._pieces(request)
+        prompt, texts = self._prepare(request, clauses)
+        words, cursor = [], 0
+        for clause in clauses:
+            at = request.text.find(clause, cursor)  # a clause the normalizer rewrote has no place in the text
+            if at < 0:
+                words.append(_ClauseWords())
+                continue
+            cursor = at + len(clause)
+            spans = tuple((at + first, at + last) for first, last in word_spans(clause))
+            weights = tuple(max(1, len(self.components.tokenizer.encode(request.text[a:b]))) for a, b in spans)
+            words.append(_ClauseWords(spans, weights))
+        return prompt, texts, words
+
+    def _prepare(self, request: SynthesisRequest, pieces: list[str] | None = None) -> tuple[ModeInputs, list[Piece]]:
         """The mode inputs and the pieces to speak (runs on the frontend thread)."""
         prompt = self._prompt(request)
         if request.mode is Mode.VC:
             return prompt, [self._speech_tokens(request.source_audio).tolist()]
         texts = []
-        for piece in self._pieces(request):
+        for piece in self._pieces(request) if pieces is None else pieces:
             if self.components.generation == 3 and request.mode is Mode.CROSS_LINGUAL and END_OF_PROMPT not in piece:
                 piece = f"{V3_SYSTEM}{END_OF_PROMPT}{piece}"
             texts.append(self._text_ids(piece, prompt.flow_feat.device))
