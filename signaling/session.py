@@ -363,10 +363,11 @@ class Session:
         held = len(self._current.text) if self._current is not None else 0
         if held + len(text) > limits.max_utterance_chars:
             raise TextTooLong(
-                f"an utterance holds at most {limits.max_utterance_chars} characters ({held} so far); flush it and start another"
+                f"an utterance holds at most {limits.max_utterance_chars} characters ({held} so far); "
+                "flush it and start another"
             )
-        if self._jobs.qsize() >= limits.max_queued:
-            raise QueueFull(f"{self._jobs.qsize()} clauses are waiting to be spoken; send more once playback catches up")
+        if (queued := self._jobs.qsize()) >= limits.max_queued:
+            raise QueueFull(f"{queued} clauses are waiting to be spoken; send more once playback catches up")
 
     async def _wait_for_listener(self) -> None:
         """Backpressure: synthesize a clause only while less than ``max_lead_seconds`` of audio waits to be heard.

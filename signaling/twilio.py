@@ -28,7 +28,7 @@ from media.pcm import to_int16
 from media.playout import Frame, Reached
 from signaling.bargein import BargeIn
 from signaling.inbound import CallerAudio
-from signaling.session import Session
+from signaling.session import LimitExceeded, Session
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,10 @@ class TwilioCall:
         events = self.session.events.subscribe()
         tasks = [asyncio.ensure_future(self._receive()), asyncio.ensure_future(reader.run()), asyncio.ensure_future(self._watch(events))]
         if parameters.get("text"):
-            self.session.say(str(parameters["text"]), flush=True)
+            try:
+                self.session.say(str(parameters["text"]), flush=True)
+            except LimitExceeded as error:  # first words too long to take: the call goes on, silent until told
+                log.warning("twilio call %s: its first words were refused: %s", self.call_sid, error)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -102,7 +102,7 @@ def test_the_control_api_refuses_too_much_text_with_413_and_a_full_queue_with_42
         too_long = httpx.post(say, json={"text": "y" * (MESSAGE_CHARS + 1)})
         assert too_long.status_code == 413 and f"at most {MESSAGE_CHARS}" in too_long.json()["detail"]
         # The lead bound keeps synthesis waiting, so sentences pile up in the queue until it is full.
-        statuses = [httpx.post(say, json={"text": f"Sentence number {n} is here. "}).status_code for n in range(3 * QUEUED)]
+        statuses = [httpx.post(say, json={"text": f"Sentence {n} is here. "}).status_code for n in range(3 * QUEUED)]
         assert statuses[: QUEUED - 2] == [200] * (QUEUED - 2), statuses
         full = httpx.post(say, json={"text": "One more. "})
         assert full.status_code == 429 and "waiting to be spoken" in full.json()["detail"], full.text
@@ -126,7 +126,7 @@ def test_first_words_in_the_query_beyond_the_limit_close_with_a_reason(bounded: 
 # Backpressure.
 
 
-def test_synthesis_runs_a_bounded_lead_ahead_of_the_listener_and_says_everything_in_order(bounded: ServerThread) -> None:
+def test_synthesis_runs_a_bounded_lead_ahead_of_the_listener_and_says_all_in_order(bounded: ServerThread) -> None:
     listener = Listener(bounded.url)
     session = bounded.app.state.sessions.get(listener.session_id)
     rate = session.buffer.sample_rate
@@ -136,7 +136,8 @@ def test_synthesis_runs_a_bounded_lead_ahead_of_the_listener_and_says_everything
         for n in range(1, sentences + 1):
             listener.send(type="text", text=f"This is sentence {n}.", flush=True)
         deadline = time.monotonic() + 60
-        while not any(e["type"] == "utterance.done" and e["utterance_id"] == f"u{sentences}" for _, e in listener.events):
+        last = f"u{sentences}"
+        while not any(e["type"] == "utterance.done" and e["utterance_id"] == last for _, e in listener.events):
             assert time.monotonic() < deadline, "not everything was spoken"
             peak = max(peak, session.buffer.buffered)
             time.sleep(0.01)
@@ -265,6 +266,25 @@ async def test_wrong_shaped_twilio_messages_are_ignored_and_the_call_goes_on(bou
         await peer.stop()
 
 
+async def test_twilio_first_words_beyond_the_limit_leave_the_call_up(bounded: ServerThread) -> None:
+    url = bounded.url.replace("http", "ws") + "/v1/telephony/twilio/stream"
+    peer = TwilioPeer(url, parameters={"text": "w" * (MESSAGE_CHARS + 1)})
+    await peer.connect()
+    try:
+        await until(lambda: _twilio_session(bounded) is not None, 5, "the call's session")
+        session = _twilio_session(bounded)
+        await asyncio.sleep(0.3)
+        assert not session.closed and not session.utterances, "the call is up and said nothing"
+        async with httpx.AsyncClient() as client:
+            said = await client.post(
+                f"{bounded.url}/v1/sessions/{session.id}/say", json={"text": "Now something short.", "flush": True}
+            )
+        assert said.status_code == 200
+        await until(lambda: len(peer.received) > 25, 30, "the caller hears the next words")
+    finally:
+        await peer.stop()
+
+
 def _twilio_session(server: ServerThread):
     return next((s for s in server.app.state.sessions.list() if s.transport == "twilio"), None)
 
@@ -287,7 +307,8 @@ def test_text_with_nothing_to_speak_is_a_400_that_says_why(bounded: ServerThread
     for path, body in (("/v1/tts", {"text": text}), ("/v1/tts/stream", {"text": text})):
         response = httpx.post(bounded.url + path, json=body, timeout=30)
         assert response.status_code == 400 and "nothing to speak" in response.json()["detail"], (path, response.text)
-    openai = httpx.post(bounded.url + "/v1/audio/speech", json={"model": "tts-1", "input": text, "voice": "alloy"}, timeout=30)
+    speech = {"model": "tts-1", "input": text, "voice": "alloy"}
+    openai = httpx.post(bounded.url + "/v1/audio/speech", json=speech, timeout=30)
     assert openai.status_code == 400 and "nothing to speak" in openai.json()["error"]["message"]
 
 

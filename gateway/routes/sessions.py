@@ -53,8 +53,8 @@ async def websocket_session(websocket: WebSocket) -> None:
     await accept(websocket)
     try:
         audio = AudioFormat.from_query(query.get("format"), query.get("sample_rate"))
-        if len(query.get("text") or "") > settings.limits.max_session_text_chars:
-            raise ProtocolError(f"text of more than {settings.limits.max_session_text_chars} characters; send it in messages")
+        if len(query.get("text") or "") > (most := settings.limits.max_session_text_chars):
+            raise ProtocolError(f"text of more than {most} characters; send it in messages")
         session = websocket.app.state.session_factory.open(
             "websocket", audio.sample_rate, dict(query), owner=websocket.scope.get("state", {}).get("api_key")
         )
