@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cosyvoice.engine import AudioStream
+from cosyvoice.timing import TimingSource, WordTiming
 
 
 class CountingProducer:
@@ -110,3 +111,17 @@ async def test_stats_and_done_callbacks_report_how_the_stream_went() -> None:
         async for _ in failing:
             pass
     assert outcomes[-1] == "failed"
+
+
+async def test_word_timings_come_with_their_chunk_and_alone_before_the_end() -> None:
+    first, second = (WordTiming(w, i, i + 0.5, 6 * i, 6 * i + 5, TimingSource.ALIGNED) for i, w in enumerate(["hello", "there"]))
+
+    async def producer(emit) -> None:
+        await emit(np.zeros(10, np.float32), [first])
+        await emit(np.zeros(10, np.float32))
+        await emit(np.zeros(0, np.float32), [second])  # timings alone, after the last chunk
+
+    stream = AudioStream(16000, producer)
+    seen = [(len(chunk), list(stream.words)) async for chunk in stream]
+    assert seen == [(10, [first]), (10, [first])]  # an empty chunk is never handed to the consumer
+    assert list(stream.words) == [first, second] and stream.stats.outcome == "done"
