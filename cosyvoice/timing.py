@@ -84,3 +84,26 @@ def heard_text(text: str, words: Sequence[WordTiming], played_s: float) -> str:
             break
         end = word.char_end
     return text[:end]
+
+
+def char_spans(text: str, words: Sequence[WordTiming], end_s: float | None = None) -> list[tuple[float, float]]:
+    """Each character's (start, end) in the audio, for character alignments (ElevenLabs' shape).
+
+    A word's characters share its span evenly; the characters between two words (spaces,
+    punctuation) share the pause between them; those after the last word share the time up
+    to ``end_s`` (the audio's end; the last word's end when not given). ``words`` index ``text``.
+    """
+    spans: list[tuple[float, float]] = []
+
+    def share(first: int, last: int, start: float, end: float) -> None:
+        count = last - first
+        step = (end - start) / count if count else 0.0
+        spans.extend((start + k * step, start + (k + 1) * step) for k in range(count))
+
+    chars, seconds = 0, 0.0
+    for word in words:
+        share(chars, word.char_start, seconds, max(seconds, word.start_s))
+        share(word.char_start, word.char_end, word.start_s, word.end_s)
+        chars, seconds = word.char_end, word.end_s
+    share(chars, len(text), seconds, seconds if end_s is None else max(seconds, end_s))
+    return spans

@@ -10,7 +10,7 @@ import pytest
 from cosyvoice import SynthesisRequest, TimingSource, WordTiming
 from cosyvoice.embedded import EmbeddedEngine, EmbeddedOptions
 from cosyvoice.embedded.alignment import Sound, words_in_audio
-from cosyvoice.timing import heard_text, spread, word_spans
+from cosyvoice.timing import char_spans, heard_text, spread, word_spans
 
 TEXT = "Good morning, everyone. The quick brown fox jumps over the lazy dog in 2024, and that's well-known."
 WORDS = word_spans(TEXT)
@@ -102,3 +102,13 @@ def test_word_spans_and_heard_text() -> None:
     assert WordTiming("a", 1, 2, 0, 1, TimingSource.ALIGNED).shifted(1.5, 10) == WordTiming(
         "a", 2.5, 3.5, 10, 11, TimingSource.ALIGNED
     )
+
+
+def test_characters_share_their_word_and_the_pauses_between_words() -> None:
+    text = "Hi, you!"
+    words = [WordTiming("Hi", 0.1, 0.3, 0, 2, TimingSource.ALIGNED), WordTiming("you", 0.5, 0.8, 4, 7, TimingSource.ALIGNED)]
+    spans = char_spans(text, words, end_s=1.0)
+    assert len(spans) == len(text)
+    expected = [(0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 1.0)]
+    assert np.allclose(spans, expected)
+    assert char_spans("", []) == [] and np.allclose(char_spans("ab", []), [(0, 0), (0, 0)])
