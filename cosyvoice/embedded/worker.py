@@ -56,9 +56,9 @@ def main() -> None:
         return tuple(phoneme for sentence in voice.phonemize(word) for phoneme in sentence)
 
     def speak(text: str, speed: float = 1.0, deterministic: bool = False, sounds: list | None = None):
-        """Yield one float32 array per sentence Piper finds in ``text``; append its phonemes to ``sounds``.
+        """Yield one float32 array per sentence Piper finds in ``text``, and whether the model timed its phonemes.
 
-        Returns whether the phonemes' spans came from the model (aligned) or were shared out evenly.
+        The phonemes, with their spans in the text's audio, are appended to ``sounds``.
         """
         config = SynthesisConfig(
             length_scale=inference.length_scale / speed,
@@ -66,14 +66,12 @@ def main() -> None:
             noise_w_scale=0.0 if deterministic else inference.noise_w_scale,
             normalize_audio=False,
         )
-        aligned, offset = True, 0
+        offset = 0
         for chunk in voice.synthesize(text, config, include_alignments=True):
             samples = np.asarray(chunk.audio_float_array, dtype="<f4")
-            if sounds is not None:
-                aligned &= _add_sounds(sounds, chunk, offset, len(samples))
+            aligned = sounds is not None and _add_sounds(sounds, chunk, offset, len(samples))
             offset += len(samples)
-            yield samples
-        return aligned
+            yield samples, aligned
 
     for _ in speak(WARM_UP_TEXT):
         pass
@@ -85,14 +83,10 @@ def main() -> None:
         job = int(request["job"])
         try:
             if request.get("op") == "synthesize":
-                text, sounds = request["text"], []
-                pieces = speak(text, float(request["speed"]), bool(request["deterministic"]), sounds)
-                while True:
-                    try:
-                        channel.write(protocol.frame(protocol.AUDIO, job, next(pieces).tobytes()))
-                    except StopIteration as end:
-                        aligned = end.value
-                        break
+                text, sounds, aligned = request["text"], [], True
+                for samples, timed in speak(text, float(request["speed"]), bool(request["deterministic"]), sounds):
+                    channel.write(protocol.frame(protocol.AUDIO, job, samples.tobytes()))
+                    aligned &= timed
                 words = [[w.char_start, w.char_end, w.start, w.end] for w in words_in_audio(text, sounds, lexicon)]
                 payload = json.dumps({"aligned": aligned, "words": words}).encode()
                 channel.write(protocol.frame(protocol.WORDS, job, payload))
