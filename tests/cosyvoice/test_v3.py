@@ -7,6 +7,7 @@ import torch
 from cosyvoice.model.dit import RotaryEmbedding, apply_rotary
 from cosyvoice.model.llm import CosyVoice3LM
 from cosyvoice.model.pipeline import fixed_draws
+from tests.cosyvoice.tolerance import FLOW_CONDITION, FLOW_TERMS, VOCODER_TERMS, rounding, scale
 
 
 def test_rotary_is_interleaved_and_covers_head_zero_only():
@@ -15,7 +16,7 @@ def test_rotary_is_interleaved_and_covers_head_zero_only():
     out = apply_rotary(x, angles)
     # x-transformers 2.11.24 gives these numbers for the same input (measured in the reference venv)
     expected = torch.tensor([-1.1426, 1.9221, 2.9599, 4.0298, 5.0, 6.0, 7.0, 8.0])
-    assert torch.allclose(out[0, 1], expected, atol=1e-4)
+    assert torch.allclose(out[0, 1], expected, atol=1e-4)  # the numbers were printed to 4 decimals
     assert torch.equal(out[0, 0], x[0, 0])  # position 0 is not rotated
     assert torch.equal(out[..., 4:], x[..., 4:])  # channels past the first head are left alone
 
@@ -33,7 +34,8 @@ def test_dit_streaming_is_chunk_causal(models):
     for streaming in (True, False):
         a = dit(x, mask, mu, t, spks, cond, streaming)
         b = dit(x, mask, changed, t, spks, cond, streaming)
-        first_chunks_same = torch.allclose(a[:, :, :100], b[:, :, :100], atol=1e-6)
+        # same inputs, same shapes, same kernels: what the change cannot reach is equal to the last bit
+        first_chunks_same = torch.equal(a[:, :, :100], b[:, :, :100])
         assert first_chunks_same == streaming
 
 
@@ -47,9 +49,11 @@ def test_v3_flow_lookahead_and_token_ratio(models):
     final = flow(tokens, prompt, feat, spk, model.noise, streaming=True, finalize=True)
     partial = flow(tokens, prompt, feat, spk, model.noise, streaming=True, finalize=False)
     assert final.shape == (1, 80, 80) and partial.shape == (1, 80, 74)  # the last 3 tokens are only context
-    # prompt 20 frames + target 30 = the first 50-frame attention chunk, which sees nothing later
-    assert torch.allclose(final[:, :, :30], partial[:, :, :30], atol=1e-5)
-    assert not torch.allclose(final[:, :, 30:74], partial[:, :, 30:74], atol=1e-5)
+    # prompt 20 frames + target 30 = the first 50-frame attention chunk, which sees nothing later; the two
+    # calls differ in length, so kernels may block their sums differently: the flow's rounding bound
+    bound = rounding(scale(final), FLOW_TERMS, FLOW_CONDITION)
+    assert (final[:, :, :30] - partial[:, :, :30]).abs().max() < bound
+    assert (final[:, :, 30:74] - partial[:, :, 30:74]).abs().max() > 10 * bound  # the lookahead shows (~50x)
 
 
 def test_v3_llm_specials_live_in_the_speech_table(models):
@@ -74,8 +78,10 @@ def test_causal_hift_is_causal_with_fixed_draws(models):
     a, _ = hift(mel, draws)
     b, _ = hift(longer, draws)
     keep = (30 - 8) * hift.hop_samples  # what no longer depends on the 4 + 3 frames of lookahead
-    assert torch.allclose(a[:, :keep], b[:, :keep], atol=1e-6)
-    assert not torch.allclose(a[:, keep:], b[:, keep : a.size(1)], atol=1e-6)
+    # F0 and the phase are float64 here: the network's own float32 sums bound the difference
+    bound = rounding(scale(b), VOCODER_TERMS)
+    assert (a[:, :keep] - b[:, :keep]).abs().max() < bound
+    assert (a[:, keep:] - b[:, keep : a.size(1)]).abs().max() > 100 * bound
     assert hift.f0_predictor.classifier.weight.dtype == torch.float64  # F0 in double, as upstream
     assert draws.noise.min() >= 0  # uniform noise, not Gaussian
 
