@@ -114,7 +114,9 @@ async def test_stats_and_done_callbacks_report_how_the_stream_went() -> None:
 
 
 async def test_word_timings_come_with_their_chunk_and_alone_before_the_end() -> None:
-    first, second = (WordTiming(w, i, i + 0.5, 6 * i, 6 * i + 5, TimingSource.ALIGNED) for i, w in enumerate(["hello", "there"]))
+    first, second = (
+        WordTiming(w, i, i + 0.5, 6 * i, 6 * i + 5, TimingSource.ALIGNED) for i, w in enumerate(["hello", "there"])
+    )
 
     async def producer(emit) -> None:
         await emit(np.zeros(10, np.float32), [first])

@@ -106,7 +106,10 @@ def test_word_spans_and_heard_text() -> None:
 
 def test_characters_share_their_word_and_the_pauses_between_words() -> None:
     text = "Hi, you!"
-    words = [WordTiming("Hi", 0.1, 0.3, 0, 2, TimingSource.ALIGNED), WordTiming("you", 0.5, 0.8, 4, 7, TimingSource.ALIGNED)]
+    words = [
+        WordTiming("Hi", 0.1, 0.3, 0, 2, TimingSource.ALIGNED),
+        WordTiming("you", 0.5, 0.8, 4, 7, TimingSource.ALIGNED),
+    ]
     spans = char_spans(text, words, end_s=1.0)
     assert len(spans) == len(text)
     expected = [(0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 1.0)]

@@ -125,9 +125,8 @@ class EmbeddedEngine(Engine):
                 if attempt == attempts - 1:
                     raise
         seconds, chars = at
-        words = [
-            word.shifted(seconds, chars) for piece in pieces if isinstance(piece, tuple) and chars >= 0 for word in piece
-        ]
+        timed = [piece for piece in pieces if isinstance(piece, tuple)] if chars >= 0 else []
+        words = [word.shifted(seconds, chars) for piece in timed for word in piece]
         for samples in (piece for piece in pieces if not isinstance(piece, tuple)):
             await emit(samples, words)
             words = []
