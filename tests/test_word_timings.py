@@ -115,3 +115,17 @@ def test_characters_share_their_word_and_the_pauses_between_words() -> None:
     expected = [(0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 1.0)]
     assert np.allclose(spans, expected)
     assert char_spans("", []) == [] and np.allclose(char_spans("ab", []), [(0, 0), (0, 0)])
+
+
+def test_a_voice_without_durations_shares_each_sentence_evenly_and_says_so() -> None:
+    """Where the voice model gives no phoneme durations (no onnx package), the worker estimates them."""
+    from types import SimpleNamespace
+
+    from cosyvoice.embedded.worker import _add_sounds  # the worker's helpers import no Piper code
+
+    sounds: list[Sound] = []
+    chunk = SimpleNamespace(phonemes=list("ab cd"), phoneme_alignments=None)
+    assert _add_sounds(sounds, chunk, offset=700, length=700) is False
+    assert [(s.phoneme, s.start, s.end) for s in sounds][:3] == [("^", 700, 800), ("a", 800, 900), ("b", 900, 1000)]
+    spans = words_in_audio("ab cd", sounds, lambda word: list(word))
+    assert [(s.start, s.end) for s in spans] == [(800, 1000), (1100, 1300)]
