@@ -116,9 +116,12 @@ class Level:
     load: list[float] = field(default_factory=list)
     memory: list[float] = field(default_factory=list)  # GPU bytes per stream, per round (CUDA only)
     cpu: float = 0.0  # this process's CPU seconds (all threads) over the rounds
+    error: str | None = None  # why a round failed (the level stops there: out of GPU memory, say)
 
     def summary(self, lead: float) -> dict:
         streams = [s for r in self.rounds for s in r]
+        if not streams:
+            return {"streams": 0, "error": self.error}
         firsts = sorted(s.first for s in streams)
         wall = sum(max(s.end for s in r) - min(s.start for s in r) for r in self.rounds)
         out = {
@@ -134,6 +137,7 @@ class Level:
             "gpu_mb_per_stream": max(self.memory) / 2**20 if self.memory else None,
             # core-seconds per second of audio: this process's CPU time over the audio it made (ours only)
             "core_s_per_audio_s": self.cpu / sum(s.audio for s in streams) if self.cpu else None,
+            "error": self.error,
         }
         if self.lag:
             out.update(lag_p50=percentile(self.lag, 50), lag_p99=percentile(self.lag, 99), lag_max=max(self.lag))
@@ -210,9 +214,12 @@ class Ours:
             return record
 
         tick = asyncio.create_task(ticker())
-        streams = await asyncio.gather(*(one(i) for i in requests))
+        streams = await asyncio.gather(*(one(i) for i in requests), return_exceptions=True)
         running = False
         await tick
+        for stream in streams:  # raised once every stream has ended, so none runs on into the next round
+            if isinstance(stream, BaseException):
+                raise stream
         return list(streams)
 
     async def close(self) -> None:
@@ -273,8 +280,12 @@ async def search(
         if time.monotonic() > deadline:
             raise TimeoutError
         if n not in seen:
-            streams = await ours.run([i % len(VOICES) for i in range(n)])
-            seen[n] = max(s.underrun(lead) for s in streams)
+            try:
+                streams = await ours.run([i % len(VOICES) for i in range(n)])
+                seen[n] = max(s.underrun(lead) for s in streams)
+            except Exception as error:  # noqa: BLE001 - out of GPU memory, say: N is too many
+                print(f"search: {n} streams failed: {error}", flush=True)
+                seen[n] = math.inf
         return seen[n] == 0.0
 
     good = max((n for n, u in known.items() if u == 0.0 and n <= most), default=0)
@@ -315,7 +326,13 @@ async def bench_size(size: str, model_dir: Path, tokens: int, args: argparse.Nam
                 torch.cuda.reset_peak_memory_stats()
                 held = torch.cuda.memory_allocated()
             cpu = time.process_time()
-            mine[c].rounds.append(await ours.run(requests, mine[c].lag))
+            try:
+                mine[c].rounds.append(await ours.run(requests, mine[c].lag))
+            except Exception as error:  # noqa: BLE001 - recorded; the larger levels still get their try
+                mine[c].error = f"{type(error).__name__}: {error}"
+                if cuda:
+                    torch.cuda.empty_cache()
+                break
             mine[c].cpu += time.process_time() - cpu
             if cuda:
                 mine[c].memory.append((torch.cuda.max_memory_allocated() - held) / c)
@@ -327,7 +344,8 @@ async def bench_size(size: str, model_dir: Path, tokens: int, args: argparse.Nam
         reference.close()
     stats = ours.engine.scheduler.stats
     most = args.search_tiny if size == "tiny" else args.search_full
-    known = {c: max(s.underrun(args.lead) for r in lvl.rounds for s in r) for c, lvl in mine.items()}
+    known = {c: max((s.underrun(args.lead) for r in lvl.rounds for s in r), default=math.inf) if lvl.error is None
+             else math.inf for c, lvl in mine.items()}
     largest, tried, complete = (await search(ours, most, args.lead, known, args.search_seconds)) if most else (None, {}, True)
     await ours.close()
     result = {
@@ -359,6 +377,10 @@ def report(result: dict) -> None:
             f" {'continuity':>10} {'load':>5}")
     print(head)
     for c, ours in result["ours"].items():
+        if ours["error"]:
+            print(f"{'c=' + str(c):>5} {'ours':>10} failed after {ours['streams']} streams: {ours['error']}")
+            if not ours["streams"]:
+                continue
         rows = [("ours", ours)]
         theirs = result.get("theirs", {}).get(c)
         if theirs:
