@@ -1,21 +1,24 @@
 """Hostile input against a running gateway: how long each message stalls everyone else.
 
-Starts the gateway as its own process (loopback) and replays
-the inputs that once froze it, one case at a time: 100 KB of unpunctuated
-text over the session WebSocket (whole, and in 4 KB messages), 80 KB through
+Starts the gateway as its own process (loopback) and replays the inputs that
+once froze it, one case at a time: 100 KB of unpunctuated text over the
+session WebSocket (whole, and in 4 KB messages), 80 KB through
 ``POST /v1/sessions/{id}/say``, 2 MB of sentences, 3,000 one-sentence
 messages, a 1 MB Twilio ``media`` message, NaN and Infinity in JSON bodies,
-deeply nested JSON; first a baseline with nothing sent, which shows what the
-machine's own load adds to a round trip. While each case runs, a separate probe process asks
-``/v1/health`` every 5 ms; a stalled event loop shows as a slow round trip.
-Each case runs ``--repeats`` times and the least of its worst round trips
-counts: a stall the input causes recurs, a spike of the machine's own load
-rarely does. Printed per case: what the gateway answered, the probe's worst
-and median round trip, the smallest ``gateway_event_loop_lag_seconds`` bucket that holds
-every lag the gateway measured meanwhile, the session's synthesized lead
-(``buffered_ms``) after the text floods, and the gateway's resident memory
-growth during the sentence flood. Goal: no case stalls the
-loop for more than 50 ms.
+deeply nested JSON; first a baseline with nothing sent.
+
+While a case runs, a separate probe process pings a session of its own every
+5 ms: a stalled event loop shows as a slow round trip (a ping touches no engine,
+unlike ``/v1/health``, which asks the embedded voice's busy workers). Each case runs ``--repeats``
+times and the least of its worst round trips counts (a stall the input causes
+recurs; a spike of the machine's own load rarely does). On a loaded machine
+the round trips also carry the probe's own scheduling delays (the baseline
+shows how much), so the goal (no case stalls the loop more than 50 ms) is
+judged on the gateway's own measurement: the smallest
+``gateway_event_loop_lag_seconds`` bucket that holds every lag it saw
+meanwhile. Also printed: what the gateway answered, the session's synthesized
+lead (``buffered_ms``) after the text floods, and the gateway's resident
+memory growth during the sentence flood.
 
     .venv/bin/python bench/hostile.py                     # the gateway's own cost (replay engine)
     .venv/bin/python bench/hostile.py --engine embedded   # with the CPU voice synthesizing
@@ -41,6 +44,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import websockets
+import websockets.sync.client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -64,12 +68,19 @@ class Outcome:
 
 
 def probe(url: str, stop: mp.Event, results: mp.Queue) -> None:
-    """``/v1/health`` round trips, as (start, seconds), until ``stop``."""
+    """Ping/pong round trips of a session of its own, as (start, seconds), until ``stop``.
+
+    A session's ping is answered on the event loop and touches no engine, so its
+    round trip is what every other session waits when the loop is held.
+    """
     samples: list[tuple[float, float]] = []
-    with httpx.Client(timeout=30) as client:
+    with websockets.sync.client.connect(url.replace("http", "ws") + "/ws/v1/session") as socket:
+        socket.recv(timeout=30)  # session.created
         while not stop.is_set():
             started = time.monotonic()
-            client.get(url + "/v1/health")
+            socket.send('{"type": "ping"}')
+            while json.loads(socket.recv(timeout=30))["type"] != "pong":
+                pass
             samples.append((started, time.monotonic() - started))
             time.sleep(PROBE_INTERVAL)
     results.put(samples)
@@ -275,7 +286,7 @@ def main() -> int:
         server.stop()
         scratch.cleanup()
     print(f"engine: {args.engine}")
-    print(f"| case | gateway's answer | worst /v1/health round trip, least of {args.repeats} runs (all) | median | "
+    print(f"| case | gateway's answer | worst ping round trip, least of {args.repeats} runs (all) | median | "
           "gateway loop lag (least bucket) | lead after (buffered_ms) | RSS growth |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for name, outcome, worsts, median, lag in rows:
@@ -285,8 +296,8 @@ def main() -> int:
         worst = f"{worsts[0]:.1f} ms ({every})"
         cells = [name, outcome.answer, worst, f"{median:.1f} ms", f"<= {lag * 1000:g} ms", lead, rss]
         print("| " + " | ".join(cells) + " |")
-    failing = [name for name, _, worsts, _, _ in rows if worsts[0] > GOAL_MS]
-    print(f"\ngoal: no case stalls the loop over {GOAL_MS:g} ms in every run; over it: {', '.join(failing) or 'none'}")
+    failing = [name for name, _, _, _, lag in rows if lag * 1000 > GOAL_MS]
+    print(f"\ngoal: no case stalls the gateway's loop over {GOAL_MS:g} ms; over it: {', '.join(failing) or 'none'}")
     return 1 if failing else 0
 
 
