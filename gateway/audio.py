@@ -14,13 +14,29 @@ from gateway.streaming import BoundedStreamingResponse
 from media.containers import StreamEncoder
 
 
-class AudioStreamingResponse(BoundedStreamingResponse):
-    """Streams an engine stream through one encoder; always cancels the stream at the end.
+class StreamEndingResponse(BoundedStreamingResponse):
+    """A body made from an engine stream; always cancels the stream at the end.
 
     Whatever ends the response (the last chunk, a client that went away or
     stopped reading, a stream that failed, a server shutdown), the engine
     work behind it stops, and with it the synthesis slot it held.
     """
+
+    def __init__(
+        self, stream: AudioStream, body: AsyncIterator[bytes], *, media_type: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.audio_stream = stream
+        super().__init__(body, media_type=media_type, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.audio_stream.cancel()
+
+
+class AudioStreamingResponse(StreamEndingResponse):
+    """Streams an engine stream through one encoder."""
 
     def __init__(
         self,
@@ -33,15 +49,8 @@ class AudioStreamingResponse(BoundedStreamingResponse):
         trailer: bytes = b"",
     ) -> None:
         """``wrap`` frames each piece of encoded audio (e.g. as an SSE event); ``trailer`` ends the body."""
-        self.audio_stream = stream
         body = _encoded(stream, encoder, wrap or (lambda data: data), trailer)
-        super().__init__(body, media_type=media_type or encoder.media_type, headers=headers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.audio_stream.cancel()
+        super().__init__(stream, body, media_type=media_type or encoder.media_type, headers=headers)
 
 
 async def _encoded(

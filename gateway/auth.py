@@ -32,6 +32,11 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 SUBPROTOCOL_PREFIX = "bearer."
+# How the ElevenLabs and Cartesia clients send their key (routes under /elevenlabs and /cartesia).
+PROVIDER_KEY_HEADERS = ("xi-api-key", "x-api-key")
+# WebSockets whose key may come in the first message instead (ElevenLabs' ``xi_api_key`` field):
+# the middleware lets them in unauthenticated and the route calls :func:`authenticate_deferred`.
+DEFERRED_AUTH_PREFIX = "/elevenlabs/"
 TELEPHONY_PREFIX = "/v1/telephony/twilio/"
 
 
@@ -157,6 +162,9 @@ def presented_key(scope: Scope) -> str | None:
     authorization = headers.get("authorization", "")
     if authorization.lower().startswith("bearer "):
         return authorization[7:].strip()
+    for header in PROVIDER_KEY_HEADERS:
+        if headers.get(header):
+            return headers[header].strip()
     if scope["type"] == "websocket":
         query = QueryParams(scope.get("query_string", b""))
         if query.get("api_key"):
@@ -195,7 +203,13 @@ class ApiKeyMiddleware:
             scope.setdefault("state", {})["caller"] = OPERATOR if self.keys.open else NOBODY
             await self.app(scope, receive, send)
             return
-        key = self.keys.find(presented_key(scope))
+        presented = presented_key(scope)
+        if presented is None and scope["type"] == "websocket" and scope["path"].startswith(DEFERRED_AUTH_PREFIX):
+            state = scope.setdefault("state", {})
+            state["caller"], state["deferred_auth"] = NOBODY, (self.keys, self.metrics)
+            await self.app(scope, receive, send)
+            return
+        key = self.keys.find(presented)
         if key is None:
             self.metrics.rejects.labels("unauthorized").inc()
             await self._deny(scope, receive, send, 401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
@@ -219,6 +233,29 @@ class ApiKeyMiddleware:
             await send({"type": "websocket.close", "code": code, "reason": message[:120]})
             return
         await error_response(scope["path"], status, message, headers=headers)(scope, receive, send)
+
+
+def authenticate_deferred(connection: HTTPConnection, presented: str | None) -> bool:
+    """Authenticate a connection the middleware let in to show its key later; True when it may go on.
+
+    Connections that were authenticated already (or need no key) pass; a key is spent from its rate limit.
+    """
+    state = connection.scope.setdefault("state", {})
+    deferred = state.pop("deferred_auth", None)
+    if deferred is None:
+        return True
+    keys, metrics = deferred
+    key = keys.find(presented)
+    if key is None:
+        metrics.rejects.labels("unauthorized").inc()
+        return False
+    try:
+        key.spend()
+    except RateLimited:
+        metrics.rejects.labels("rate_limited").inc()
+        return False
+    state["api_key"], state["caller"] = key, key.caller
+    return True
 
 
 def caller_of(connection: HTTPConnection) -> Caller:
