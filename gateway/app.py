@@ -22,7 +22,7 @@ from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimit
 from gateway.metrics import TRANSPORTS, Metrics, monitor_event_loop
 from gateway.request_id import RequestIdMiddleware
-from gateway.routes import openai, seed_a, seed_b, sessions, system, telephony, unified, voices, webrtc
+from gateway.routes import cartesia, elevenlabs, openai, seed_a, seed_b, sessions, system, telephony, unified, voices, webrtc
 from gateway.sessions import SessionFactory
 from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             ],
         )  # fmt: skip
     install_error_handlers(app)
-    for module in (system, unified, seed_a, seed_b, openai, voices, sessions, webrtc, telephony):
+    for module in (system, unified, seed_a, seed_b, openai, voices, sessions, webrtc, telephony, elevenlabs, cartesia):
         app.include_router(module.router)
     return app
 
