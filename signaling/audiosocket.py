@@ -1,14 +1,12 @@
 """Asterisk AudioSocket: a TCP server that speaks sessions to phone calls.
 
-Each frame is one type byte, a 2-byte big-endian length and the payload:
-0x00 hangup, 0x01 the call's UUID (16 bytes), 0x03 a DTMF digit, 0x10 signed
-16-bit little-endian mono audio at 8 kHz (0x11-0x16: 12, 16, 24, 32, 44.1 and
-48 kHz), 0xff error. Asterisk does not pace what it is sent, so output goes
-out at real time, 20 ms a frame, at the rate the caller's audio arrives in.
-The session's id is the call's UUID, so a dialplan that knows the UUID can
-steer the call through the session control API; when the session closes
-from our side (the control API, the idle timeout, a shutdown), the call is
-hung up: a hangup frame, then the connection closes.
+The dialect is :mod:`signaling.serializers.audiosocket`. Asterisk does not
+pace what it is sent, so output goes out at real time, 20 ms a frame, at the
+rate the caller's audio arrives in. The session's id is the call's UUID, so a
+dialplan that knows the UUID can steer the call through the session control
+API; when the session closes from our side (the control API, the idle
+timeout, a shutdown), the call is hung up: a hangup frame, then the
+connection closes. A frame that breaks the protocol gets an error frame.
 
 The protocol has no authentication: whoever reaches the port can place
 calls, so the server listens on loopback unless configured otherwise.
@@ -19,40 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
-import uuid
 from collections.abc import Callable
 
-from media.pacing import PacedReader
-from media.pcm import from_s16le, to_s16le
-from media.playout import Frame
-from signaling.bargein import BargeIn
-from signaling.inbound import CallerAudio
+from signaling.carrier import CarrierCall
+from signaling.serializers.audiosocket import HEADER, AudioSocketSerializer
+from signaling.serializers.base import Inbound, Media, Message, ProtocolViolation, Stop
 from signaling.session import Session
+from signaling.transport import EndedBy
 
 log = logging.getLogger(__name__)
 
-HANGUP, UUID, DTMF, ERROR = 0x00, 0x01, 0x03, 0xFF
-AUDIO_RATES = {0x10: 8000, 0x11: 12000, 0x12: 16000, 0x13: 24000, 0x14: 32000, 0x15: 44100, 0x16: 48000}
-AUDIO_TYPES = {rate: kind for kind, rate in AUDIO_RATES.items()}
 FIRST_AUDIO_WAIT = 0.2  # seconds to learn the caller's audio rate before speaking at 8 kHz
 
 
-class ProtocolViolation(ValueError):
-    pass
-
-
-def frame(kind: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">BH", kind, len(payload)) + payload
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    kind, length = struct.unpack(">BH", await reader.readexactly(3))
-    return kind, await reader.readexactly(length) if length else b""
-
-
-class AudioSocketCall:
+class AudioSocketCall(CarrierCall):
     """One TCP connection from Asterisk."""
+
+    serializer: AudioSocketSerializer
 
     def __init__(
         self,
@@ -64,113 +45,77 @@ class AudioSocketCall:
         barge_in: bool,
         greeting: str = "",
     ) -> None:
+        super().__init__(AudioSocketSerializer(), lead=lead, barge_in=barge_in)
         self.reader = reader
         self.writer = writer
         self.open_session = open_session
-        self.lead = lead
-        self.barge_in_enabled = barge_in
         self.greeting = greeting
         self.call_id = ""
-        self.session: Session | None = None
-        self.barge_in: BargeIn | None = None
-        self.inbound: CallerAudio | None = None
-        self.rate = 8000
+        self._first: Inbound | None = None
 
     async def run(self) -> None:
-        tasks: list[asyncio.Task] = []
         try:
-            kind, payload = await asyncio.wait_for(read_frame(self.reader), 10)
-            if kind != UUID or len(payload) != 16:
-                raise ProtocolViolation(f"the first frame must be a 16-byte UUID (got type 0x{kind:02x}, {len(payload)} bytes)")
-            self.call_id = str(uuid.UUID(bytes=payload))
-            first = await self._first_audio()
-            if first is not None and first[0] == HANGUP:
+            start = await self.await_start()
+            if start is None:
                 return
-            self.session = self.open_session(self.call_id, self.rate)
-            closed = asyncio.Event()
-            self.session.on_close(closed.set)
-            self.inbound = CallerAudio(self.session)
-            if self.barge_in_enabled:
-                self.barge_in = BargeIn(self.session, self.rate)
-            if first is not None:
-                self._handle(*first)
-            pacer = PacedReader(self.session.buffer, self.rate // 50, self._send_frame, lead=self.lead)
-            receiver = asyncio.ensure_future(self._receive())
-            tasks = [receiver, asyncio.ensure_future(pacer.run()), asyncio.ensure_future(closed.wait())]
-            if self.greeting:
-                self.session.say(self.greeting, flush=True)
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                if task.done() and not task.cancelled() and isinstance(task.exception(), ProtocolViolation):
-                    raise task.exception()
-            if not receiver.done():  # the session ended on our side: hang up
-                log.info("audiosocket %s: hanging up (%s)", self.call_id, self.session.close_reason or "call ended")
-                await self._write(frame(HANGUP))
+            self.call_id = start.call_id
+            self._first = await self._first_audio()
+            if isinstance(self._first, Stop):
+                return
+            await self.serve(self.open_session(self.call_id, self.serializer.sample_rate), self.greeting)
         except ProtocolViolation as error:
             log.warning("audiosocket %s: %s", self.call_id or "?", error)
-            await self._write(frame(ERROR))
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
-            pass  # the caller hung up without a goodbye
+            await self.write(self.serializer.encode_error())
+        except TimeoutError:
+            pass  # the caller never said which call
         except Exception as error:  # refused (capacity, a duplicate UUID) or broken: this call only
             log.warning("audiosocket %s: %s", self.call_id or "?", error)
-            await self._write(frame(ERROR))
+            await self.write(self.serializer.encode_error())
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if self.barge_in is not None:
-                self.barge_in.close()
-            if self.inbound is not None:
-                self.inbound.log_summary()
-            if self.session is not None:
-                await self.session.close("call ended")
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+            await self.close()
 
-    async def _first_audio(self) -> tuple[int, bytes] | None:
+    async def read(self) -> Message | None:
+        try:
+            header = await self.reader.readexactly(HEADER.size)
+            _, length = HEADER.unpack(header)
+            return header + await self.reader.readexactly(length) if length else header
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None  # the caller hung up without a goodbye
+
+    async def receive(self) -> None:
+        self.act(self._first)
+        await super().receive()
+
+    async def write(self, message: Message) -> None:
+        with contextlib.suppress(ConnectionError):
+            self.writer.write(message)
+            await self.writer.drain()
+
+    async def ended(self, by: EndedBy, error: BaseException | None) -> None:
+        if by is EndedBy.FAR_END:
+            if isinstance(error, ProtocolViolation):
+                log.warning("audiosocket %s: %s", self.call_id, error)
+                await self.write(self.serializer.encode_error())
+            return
+        log.info("audiosocket %s: hanging up (%s)", self.call_id, self.session.close_reason or "call ended")
+        await self.write(self.serializer.encode_hangup())
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+    async def _first_audio(self) -> Inbound | None:
         """The first frame after the UUID, to learn the caller's audio rate."""
         try:
-            kind, payload = await asyncio.wait_for(read_frame(self.reader), FIRST_AUDIO_WAIT)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(FIRST_AUDIO_WAIT):
+                message = await self.read()
+        except TimeoutError:
             return None
-        self.rate = AUDIO_RATES.get(kind, self.rate)
-        return kind, payload
-
-    async def _receive(self) -> None:
-        while True:
-            kind, payload = await read_frame(self.reader)
-            if kind == HANGUP:
-                return
-            self._handle(kind, payload)
-
-    def _handle(self, kind: int, payload: bytes) -> None:
-        if kind in AUDIO_RATES:
-            if len(payload) % 2:
-                raise ProtocolViolation(f"audio frame with an odd length ({len(payload)} bytes)")
-            if not self.inbound.admit(len(payload) / 2 / AUDIO_RATES[kind]):
-                return
-            if self.barge_in is not None and AUDIO_RATES[kind] == self.rate:
-                self.barge_in.heard(from_s16le(payload))
-        elif kind == DTMF:
-            self.session.events.emit("dtmf", digit=payload[:1].decode("ascii", errors="replace"))
-            self.session.touch()
-        elif kind == ERROR:
-            self.session.events.emit("error", message=f"asterisk reported error {payload.hex() or 'without a code'}")
-        else:
-            raise ProtocolViolation(f"unknown frame type 0x{kind:02x}")
-
-    async def _send_frame(self, out: Frame) -> None:
-        self.session.on_frame(out)
-        if out.audio or out.underrun:
-            if self.barge_in is not None:
-                self.barge_in.sent(out.samples)
-            await self._write(frame(AUDIO_TYPES[self.rate], to_s16le(out.samples)))
-
-    async def _write(self, data: bytes) -> None:
-        with contextlib.suppress(ConnectionError):
-            self.writer.write(data)
-            await self.writer.drain()
+        first = Stop() if message is None else self.serializer.decode(message)
+        if isinstance(first, Media):
+            self.serializer.sample_rate = first.sample_rate
+        return first
 
 
 class AudioSocketServer:

@@ -71,9 +71,7 @@ async def websocket_session(websocket: WebSocket) -> None:
         lead=settings.session.lead_ms / 1000,
         opus_bitrate=settings.session.opus_bitrate,
     )
-    if query.get("text"):
-        session.say(query["text"], flush=True)
-    await transport.run()
+    await transport.run(first_words=query.get("text") or "")
 
 
 @router.get("/v1/sessions")
