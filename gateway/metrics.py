@@ -15,13 +15,15 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cosyvoice import AudioStream
+from signaling.messages import BargeInEvent, Event, SessionClosedEvent, UtteranceFirstAudio
+from signaling.session import Transport
 
 log = logging.getLogger("gateway.sessions")
 
 LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-TRANSPORTS = ("http", "websocket", "webrtc", "twilio", "audiosocket")
+TRANSPORTS = ("http", *Transport)  # "http": one-shot synthesis requests, outside any session
 
 
 class Metrics:
@@ -86,17 +88,15 @@ class Metrics:
 
         stream.add_done_callback(done)
 
-    def session_event(self, event: dict, transport: str, mode: str) -> None:
-        kind = event["type"]
-        if kind == "utterance.first_audio":
-            self.ttfa.labels(transport, mode).observe(event["latency_ms"] / 1000)
-        elif kind == "barge_in":
+    def session_event(self, event: Event, transport: Transport, mode: str) -> None:
+        if isinstance(event, UtteranceFirstAudio):
+            self.ttfa.labels(transport, mode).observe(event.latency_ms / 1000)
+        elif isinstance(event, BargeInEvent):
             self.barge_ins.labels(transport).inc()
-        elif kind == "session.closed":
-            stats = event["stats"]
-            self.underrun.labels(transport).inc(stats["underrun_ms"] / 1000)
-            log.info(json.dumps({"event": "session.end", "session_id": event["session_id"], "transport": transport,
-                                 "reason": event["reason"], **stats}))  # fmt: skip
+        elif isinstance(event, SessionClosedEvent):
+            self.underrun.labels(transport).inc(event.stats.underrun_ms / 1000)
+            log.info(json.dumps({"event": "session.end", "session_id": event.session_id, "transport": transport,
+                                 "reason": event.reason, **event.stats.to_dict()}))  # fmt: skip
 
 
 async def monitor_event_loop(metrics: Metrics, interval: float = 0.1) -> None:

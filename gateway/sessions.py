@@ -13,7 +13,9 @@ from gateway.auth import OPERATOR, ApiKey, Caller
 from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
-from signaling.session import Session, SessionLimits, VoiceSettings
+from signaling.session import Session, SessionLimits, Transport, VoiceSettings
+
+TELEPHONY = (Transport.TWILIO, Transport.AUDIOSOCKET)  # one capacity for all phone calls
 
 
 class SessionSpeech:
@@ -86,7 +88,7 @@ class SessionFactory:
 
     def open(
         self,
-        transport: str,
+        transport: Transport,
         output_rate: int,
         voice_fields: dict[str, Any],
         *,
@@ -101,8 +103,9 @@ class SessionFactory:
         transport is at capacity, ``RateLimited`` when the key has all the
         sessions it may, ``ValueError`` for a duplicate id.
         """
-        capacity_group = "telephony" if transport in ("twilio", "audiosocket") else transport
-        live = sum(self.manager.count(t) for t in (("twilio", "audiosocket") if capacity_group == "telephony" else (transport,)))
+        telephony = transport in TELEPHONY
+        live = sum(self.manager.count(t) for t in (TELEPHONY if telephony else (transport,)))
+        capacity_group = "telephony" if telephony else transport
         self.synth.admission.check_session(capacity_group, live)
         if owner is not None and owner.max_sessions:
             owned = sum(1 for s in self.manager.list() if s.owner == owner.name)
@@ -132,5 +135,5 @@ class SessionFactory:
         )
         session.owner = caller.tenant
         metrics = self.synth.metrics
-        session.events.tap = lambda event: metrics.session_event(event, transport, session.voice.mode.value)
+        session.events.tap = lambda event: metrics.session_event(event, session.transport, session.voice.mode.value)
         return self.manager.add(session)

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from media.vad import SpeechDetector
+from signaling.messages import BargeInEvent, SpeechStarted, SpeechStopped
 from signaling.session import Session
 
 # Silero runs one ONNX thread per job; a few jobs at once keep cores for synthesis and the loop.
@@ -117,13 +118,13 @@ class BargeIn:
             self._speech_run = 0.0
             if self.speaking and self._silence_run >= self.min_silence:
                 self.speaking = False
-                self.session.events.emit("speech.stopped")
+                self.session.events.emit(SpeechStopped())
 
     def _start(self) -> None:
         self.speaking = True
-        self.session.events.emit("speech.started")
+        self.session.events.emit(SpeechStarted())
         if self.session.speaking:
             self.barge_ins += 1
             cancelled = self.session.cancel("barge-in")
             onset_ms = round((time.monotonic() - (self._onset or time.monotonic())) * 1000, 1)
-            self.session.events.emit("barge_in", utterances=cancelled, since_onset_ms=onset_ms)
+            self.session.events.emit(BargeInEvent(utterances=tuple(cancelled), since_onset_ms=onset_ms))

@@ -10,9 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import TypeVar
+
+from signaling.messages import Event
 
 _CLOSED = object()
+
+E = TypeVar("E", bound=Event)
 
 
 class TooManySubscribers(Exception):
@@ -20,15 +25,15 @@ class TooManySubscribers(Exception):
 
 
 class Subscription:
-    """An async iterator of event dicts; ends when the session closes."""
+    """An async iterator of events; ends when the session closes."""
 
     def __init__(self, hub: EventHub, maxsize: int) -> None:
         self._hub = hub
-        self._queue: asyncio.Queue[dict | object] = asyncio.Queue(maxsize)
+        self._queue: asyncio.Queue[Event | object] = asyncio.Queue(maxsize)
         self.dropped = 0
         self.watcher = False
 
-    def _offer(self, event: dict | object) -> None:
+    def _offer(self, event: Event | object) -> None:
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
@@ -37,12 +42,12 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> dict:
+    async def __anext__(self) -> Event:
         event = await self._queue.get()
         if event is _CLOSED:
             raise StopAsyncIteration
         if self.dropped:
-            event = {**event, "dropped_events": self.dropped}
+            event = replace(event, dropped_events=self.dropped)
             self.dropped = 0
         return event
 
@@ -55,7 +60,7 @@ class EventHub:
         self.session_id = session_id
         self._subscribers: set[Subscription] = set()
         self.closed = False
-        self.tap: Callable[[dict], None] | None = None  # sees every event (metrics, logs)
+        self.tap: Callable[[Event], None] | None = None  # sees every event (metrics, logs)
 
     def subscribe(self, maxsize: int = 1000, *, limit: int | None = None) -> Subscription:
         """A new subscription. With ``limit`` it is a watcher (the control API's): refused when the
@@ -71,12 +76,13 @@ class EventHub:
             self._subscribers.add(subscription)
         return subscription
 
-    def stamped(self, kind: str, **fields: Any) -> dict:
-        """A message of this session, not published: direct replies carry the same envelope as events."""
-        return {"type": kind, "session_id": self.session_id, "time": round(time.time(), 3), **fields}
+    def stamped(self, message: E) -> E:
+        """``message`` as this session's, now, not published: direct replies carry the same envelope as events."""
+        return replace(message, session_id=self.session_id, time=round(time.time(), 3))
 
-    def emit(self, kind: str, **fields: Any) -> dict:
-        event = self.stamped(kind, **fields)
+    def emit(self, event: E) -> E:
+        """Publish ``event``, stamped; returns it as published."""
+        event = self.stamped(event)
         if self.tap is not None:
             self.tap(event)
         for subscription in list(self._subscribers):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from signaling.messages import Error
 from signaling.session import Session
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class CallerAudio:
         if verdict not in self._reported:
             self._reported.add(verdict)
             log.warning("%s call %s: %s", self.session.transport, self.session.id, message)
-            self.session.events.emit("error", message=message)
+            self.session.events.emit(Error(message=message))
         return False
 
     def log_summary(self) -> None:

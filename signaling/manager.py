@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from signaling.session import Session
+from signaling.session import Session, Transport
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class SessionManager:
     def list(self) -> list[Session]:
         return list(self._sessions.values())
 
-    def count(self, transport: str | None = None) -> int:
+    def count(self, transport: Transport | None = None) -> int:
         return sum(1 for s in self._sessions.values() if transport is None or s.transport == transport)
 
     async def close_all(self, reason: str = "server shutting down") -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from cosyvoice import SynthesisError
+from signaling.messages import Error, Event, Flushed, Pong, SessionUpdated, TextAccepted
 from signaling.session import LimitExceeded, Session, SessionClosed, VoiceSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def parse(raw: str | bytes) -> dict[str, Any]:
     return message
 
 
-def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -> dict[str, Any] | None:
+def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -> Event | None:
     """Carry out one client message; returns a direct reply (with the envelope of events), if the message has one.
 
     Problems become ``error`` events (with the offending message's type), so
@@ -53,10 +54,10 @@ def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -
             if not isinstance(text, str):
                 raise ProtocolError('"text" must be a string')
             utterance = session.say(text, flush=bool(message.get("flush", False)))
-            return session.events.stamped("text.accepted", utterance_id=utterance.id)
+            return session.events.stamped(TextAccepted(utterance_id=utterance.id))
         if kind == "flush":
             utterance = session.flush()
-            return session.events.stamped("flushed", utterance_id=utterance.id if utterance else None)
+            return session.events.stamped(Flushed(utterance_id=utterance.id if utterance else None))
         if kind == "cancel":
             session.cancel(str(message.get("reason", "cancel")))
             return None
@@ -68,16 +69,16 @@ def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -
             return None
         if kind == "session.update":
             session.configure(parse_voice(message, session.voice))
-            return session.events.stamped("session.updated", session=session.describe())
+            return session.events.stamped(SessionUpdated(session=session.describe()))
         if kind == "ping":
-            return session.events.stamped("pong", id=message.get("id"))
+            return session.events.stamped(Pong(id=message.get("id")))
         raise ProtocolError(f"unknown message type '{kind}'")
     except (ProtocolError, SynthesisError, SessionClosed, LimitExceeded) as error:
-        session.events.emit("error", message=str(error), request_type=kind)
+        session.events.emit(Error(message=str(error), request_type=kind))
         return None
     except Exception:  # a bug must cost the client one message, not the call; the log keeps the trace
         log.exception("session %s: a %r message failed", session.id, kind)
-        session.events.emit("error", message=f"internal error while handling '{kind}'", request_type=kind)
+        session.events.emit(Error(message=f"internal error while handling '{kind}'", request_type=kind))
         return None
 
 

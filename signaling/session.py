@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from typing import Protocol
 
 from cosyvoice import Audio, AudioStream, Mode, SynthesisError, WordTiming
@@ -29,11 +30,35 @@ from cosyvoice.timing import heard_text
 from media.playout import Frame, PlayoutBuffer, Reached
 from media.resample import StreamResampler
 from signaling.events import EventHub
+from signaling.messages import (
+    AudioCleared,
+    Error,
+    Mark,
+    Playback,
+    SessionClosedEvent,
+    SessionStats,
+    UtteranceCancelled,
+    UtteranceDone,
+    UtteranceFirstAudio,
+    UtteranceStarted,
+    UtteranceState,
+    UtteranceSummary,
+    Word,
+)
 
 log = logging.getLogger(__name__)
 
 PLAYBACK_EVENT_INTERVAL = 0.5  # seconds between "playback" progress events
 KEPT_UTTERANCES = 50
+
+
+class Transport(StrEnum):
+    """What carries a session; the value names it in session descriptions, metrics and logs."""
+
+    WEBSOCKET = "websocket"
+    WEBRTC = "webrtc"
+    TWILIO = "twilio"
+    AUDIOSOCKET = "audiosocket"
 
 
 @dataclass
@@ -91,7 +116,7 @@ class Utterance:
     started: float = field(default_factory=time.monotonic)
     text: str = ""
     flushed: bool = False
-    state: str = "speaking"  # speaking, done, cancelled, failed
+    state: UtteranceState = UtteranceState.SPEAKING
     first_audio_latency: float | None = None  # from the text that completed the first clause
     audio_samples: int = 0
     played_samples: int = 0
@@ -108,22 +133,28 @@ class Utterance:
             return None
         return heard_text(self.text, self.words, self.played_samples / sample_rate)
 
-    def summary(self, sample_rate: int) -> dict:
-        return {
-            "utterance_id": self.id,
-            "state": self.state,
-            "text": self.text,
-            "first_audio_ms": None if self.first_audio_latency is None else round(self.first_audio_latency * 1000, 1),
-            "audio_ms": round(self.audio_samples * 1000 / sample_rate),
-            "played_ms": round(self.played_samples * 1000 / sample_rate),
-            "heard_text": self.heard_text(sample_rate),
-        }
+    def summary(self, sample_rate: int) -> UtteranceSummary:
+        return UtteranceSummary(
+            utterance_id=self.id,
+            state=self.state,
+            text=self.text,
+            first_audio_ms=None if self.first_audio_latency is None else round(self.first_audio_latency * 1000, 1),
+            audio_ms=round(self.audio_samples * 1000 / sample_rate),
+            played_ms=round(self.played_samples * 1000 / sample_rate),
+            heard_text=self.heard_text(sample_rate),
+        )
+
+
+class JobKind(Enum):
+    CLAUSE = "clause"  # text to synthesize
+    MARK = "mark"  # a named point in the audio
+    END = "end"  # the utterance's text is complete
 
 
 @dataclass
 class _Job:
     utterance: Utterance
-    kind: str  # "clause", "mark" or "end"
+    kind: JobKind
     text: str = ""
     since: float = 0.0  # when the text that completed the clause arrived
 
@@ -135,7 +166,7 @@ class Session:
         self,
         speech: SpeechSource,
         *,
-        transport: str,
+        transport: Transport,
         output_rate: int,
         voice: VoiceSettings | None = None,
         clause_options: dict[str, int] | None = None,
@@ -143,7 +174,7 @@ class Session:
         limits: SessionLimits | None = None,
     ) -> None:
         self.id = session_id or "s_" + secrets.token_hex(8)
-        self.transport = transport
+        self.transport = Transport(transport)
         self.voice = voice or VoiceSettings()
         self.created = time.time()
         self.buffer = PlayoutBuffer(output_rate)
@@ -181,7 +212,7 @@ class Session:
         utterance.text += text
         now = time.monotonic()
         for clause in self._splitter.feed(text):
-            self._jobs.put_nowait(_Job(utterance, "clause", clause, now))
+            self._jobs.put_nowait(_Job(utterance, JobKind.CLAUSE, clause, now))
         if flush:
             self.flush()
         self._touch()
@@ -195,8 +226,8 @@ class Session:
             return None
         now = time.monotonic()
         for clause in self._splitter.flush():
-            self._jobs.put_nowait(_Job(utterance, "clause", clause, now))
-        self._jobs.put_nowait(_Job(utterance, "end"))
+            self._jobs.put_nowait(_Job(utterance, JobKind.CLAUSE, clause, now))
+        self._jobs.put_nowait(_Job(utterance, JobKind.END))
         utterance.flushed = True
         self._current = None
         self._touch()
@@ -208,8 +239,8 @@ class Session:
         self._check_room(name)
         utterance = self._current or self._start_utterance()
         for clause in self._splitter.flush():  # a mark ends the clause it follows
-            self._jobs.put_nowait(_Job(utterance, "clause", clause, time.monotonic()))
-        self._jobs.put_nowait(_Job(utterance, "mark", name))
+            self._jobs.put_nowait(_Job(utterance, JobKind.CLAUSE, clause, time.monotonic()))
+        self._jobs.put_nowait(_Job(utterance, JobKind.MARK, name))
         self._touch()
 
     def cancel(self, reason: str = "cancel") -> list[str]:
@@ -222,11 +253,11 @@ class Session:
         self._current = None
         cancelled = []
         for utterance in self.utterances.values():
-            if utterance.state == "speaking":
-                utterance.state = "cancelled"
+            if utterance.state is UtteranceState.SPEAKING:
+                utterance.state = UtteranceState.CANCELLED
                 cancelled.append(utterance.id)
-                self.events.emit("utterance.cancelled", reason=reason, **utterance.summary(self.buffer.sample_rate))
-        self.events.emit("audio.cleared", reason=reason, utterances=cancelled)
+                self.events.emit(UtteranceCancelled(reason=reason, summary=utterance.summary(self.buffer.sample_rate)))
+        self.events.emit(AudioCleared(reason=reason, utterances=tuple(cancelled)))
         if not self.closed:
             self._worker = asyncio.get_running_loop().create_task(self._synthesize(), name=f"session {self.id}")
         self._touch()
@@ -245,9 +276,9 @@ class Session:
         self._splitter.reset()
         self.buffer.clear()
         for utterance in self.utterances.values():
-            if utterance.state == "speaking":
-                utterance.state = "cancelled"
-        self.events.emit("session.closed", reason=reason, stats=self.stats())
+            if utterance.state is UtteranceState.SPEAKING:
+                utterance.state = UtteranceState.CANCELLED
+        self.events.emit(SessionClosedEvent(reason=reason, stats=self.stats()))
         self.events.close()
         for callback in self._on_close:
             try:
@@ -282,27 +313,29 @@ class Session:
                 self._last_playback_event = now
                 utterance = self.utterances.get(frame.tags[-1])
                 if utterance is not None:
-                    self.events.emit("playback", utterance_id=utterance.id, played_ms=round(utterance.played_samples * 1000 / rate))
+                    played_ms = round(utterance.played_samples * 1000 / rate)
+                    self.events.emit(Playback(utterance_id=utterance.id, played_ms=played_ms))
 
     def on_reached(self, reached: Reached) -> None:
         """The listener has heard everything up to a mark or an utterance's end."""
         utterance = self.utterances.get(reached.tag)
-        if utterance is None or utterance.state not in ("speaking", "done"):
+        if utterance is None or utterance.state not in (UtteranceState.SPEAKING, UtteranceState.DONE):
             return  # cancelled: its marks come back from a cleared far-end queue
         rate = self.buffer.sample_rate
         if reached.kind == "mark":
-            self.events.emit("mark", name=reached.name, utterance_id=utterance.id, played_ms=round(reached.played * 1000 / rate))
-        elif utterance.state == "speaking":
-            utterance.state = "done"
+            played_ms = round(reached.played * 1000 / rate)
+            self.events.emit(Mark(name=reached.name, utterance_id=utterance.id, played_ms=played_ms))
+        elif utterance.state is UtteranceState.SPEAKING:
+            utterance.state = UtteranceState.DONE
             utterance.played_samples = reached.played
             self._announce_words(utterance, every=True)
-            self.events.emit("utterance.done", **utterance.summary(rate))
+            self.events.emit(UtteranceDone(summary=utterance.summary(rate)))
             self.buffer.forget(reached.tag)
 
     @property
     def speaking(self) -> bool:
         """An utterance is being synthesized or played."""
-        return any(utterance.state == "speaking" for utterance in self.utterances.values())
+        return any(utterance.state is UtteranceState.SPEAKING for utterance in self.utterances.values())
 
     def idle_for(self) -> float:
         """Seconds with no text, no control and no audio playing."""
@@ -314,27 +347,27 @@ class Session:
         """Count inbound traffic (caller audio, pings) as activity."""
         self._touch()
 
-    def stats(self) -> dict:
+    def stats(self) -> SessionStats:
         rate = self.buffer.sample_rate
         latencies = [u.first_audio_latency for u in self.utterances.values() if u.first_audio_latency is not None]
-        return {
-            "utterance_count": len(self.utterances),
-            "first_audio_ms_p50": round(sorted(latencies)[len(latencies) // 2] * 1000, 1) if latencies else None,
-            "underrun_ms": round(self.buffer.underrun_total * 1000 / rate),
-            "buffered_ms": round(self.buffer.buffered * 1000 / rate),
-        }
+        return SessionStats(
+            utterance_count=len(self.utterances),
+            first_audio_ms_p50=round(sorted(latencies)[len(latencies) // 2] * 1000, 1) if latencies else None,
+            underrun_ms=round(self.buffer.underrun_total * 1000 / rate),
+            buffered_ms=round(self.buffer.buffered * 1000 / rate),
+        )
 
     def describe(self) -> dict:
         return {
             "session_id": self.id,
-            "transport": self.transport,
+            "transport": self.transport.value,
             "created": self.created,
             "voice": self.voice.voice,
             "mode": self.voice.mode.value,
             "sample_rate": self.buffer.sample_rate,
             "closed": self.closed,
-            "utterances": [u.summary(self.buffer.sample_rate) for u in list(self.utterances.values())[-10:]],
-            **self.stats(),
+            "utterances": [u.summary(self.buffer.sample_rate).to_dict() for u in list(self.utterances.values())[-10:]],
+            **self.stats().to_dict(),
         }
 
     # Internals.
@@ -346,7 +379,7 @@ class Session:
         while len(self.utterances) > KEPT_UTTERANCES:
             del self.utterances[next(iter(self.utterances))]
         self._current = utterance
-        self.events.emit("utterance.started", utterance_id=utterance.id)
+        self.events.emit(UtteranceStarted(utterance_id=utterance.id))
         return utterance
 
     def _check_open(self) -> None:
@@ -384,11 +417,11 @@ class Session:
         while True:
             job = await self._jobs.get()
             utterance = job.utterance
-            if job.kind == "end":
+            if job.kind is JobKind.END:
                 self.buffer.end(utterance.id)
-            elif job.kind == "mark":
+            elif job.kind is JobKind.MARK:
                 self.buffer.mark(job.text, utterance.id)
-            elif utterance.state == "speaking":
+            elif utterance.state is UtteranceState.SPEAKING:
                 await self._wait_for_listener()
                 await self._speak(job)
 
@@ -428,11 +461,8 @@ class Session:
             return
         if utterance.first_audio_latency is None:
             utterance.first_audio_latency = time.monotonic() - since
-            self.events.emit(
-                "utterance.first_audio",
-                utterance_id=utterance.id,
-                latency_ms=round(utterance.first_audio_latency * 1000, 1),
-            )
+            latency_ms = round(utterance.first_audio_latency * 1000, 1)
+            self.events.emit(UtteranceFirstAudio(utterance_id=utterance.id, latency_ms=latency_ms))
         utterance.audio_samples += len(samples)
         self.buffer.push(samples, utterance.id)
 
@@ -445,14 +475,14 @@ class Session:
             if not every and word.start_s >= played:
                 return
             utterance.words_announced += 1
-            self.events.emit(
-                "word", utterance_id=utterance.id, word=word.text,
+            self.events.emit(Word(
+                utterance_id=utterance.id, word=word.text,
                 start_ms=round(word.start_s * 1000), end_ms=round(word.end_s * 1000),
-                char_start=word.char_start, char_end=word.char_end, source=word.source.value,
-            )  # fmt: skip
+                char_start=word.char_start, char_end=word.char_end, source=word.source,
+            ))  # fmt: skip
 
     def _fail(self, utterance: Utterance, error: Exception) -> None:
         log.warning("session %s utterance %s failed: %s", self.id, utterance.id, error)
-        utterance.state = "failed"
+        utterance.state = UtteranceState.FAILED
         self.buffer.end(utterance.id)
-        self.events.emit("error", utterance_id=utterance.id, message=str(error))
+        self.events.emit(Error(utterance_id=utterance.id, message=str(error)))

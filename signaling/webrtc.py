@@ -41,6 +41,7 @@ from media.pacing import FrameClock
 from signaling.offers import OfferError, check_offer
 from signaling.protocol import ProtocolError, VoiceParser, apply, parse
 from signaling.events import Subscription
+from signaling.messages import Error, SessionCreated
 from signaling.session import Session
 
 log = logging.getLogger(__name__)
@@ -270,23 +271,24 @@ class WebRTCPeer:
             await greeted.wait()
             async for event in events:
                 if channel.readyState == "open":
-                    channel.send(json.dumps(event, ensure_ascii=False))
+                    channel.send(event.to_json())
 
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
             try:
                 reply = apply(self.session, parse(message), self.parse_voice)
             except ProtocolError as error:
-                reply = self.session.events.stamped("error", message=str(error))
+                reply = self.session.events.stamped(Error(message=str(error)))
             if reply is not None and channel.readyState == "open":
-                channel.send(json.dumps(reply, ensure_ascii=False))
+                channel.send(reply.to_json())
 
         @channel.on("close")
         def on_close() -> None:
             events.close()
 
         def hello() -> None:
-            channel.send(json.dumps(self.session.events.stamped("session.created", session=self.session.describe())))
+            created = self.session.events.stamped(SessionCreated(session=self.session.describe()))
+            channel.send(json.dumps(created.to_dict()))  # ASCII-escaped, as it always was here
             greeted.set()
 
         self._spawn(forward())

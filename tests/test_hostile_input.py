@@ -22,6 +22,7 @@ from gateway.__main__ import log_config
 from gateway.client import WebRTCCall
 from gateway.redaction import RedactSecrets
 from gateway.settings import Settings
+from signaling.messages import Dtmf, Error, Event, UtteranceStarted
 from support.servers import ServerProcess, ServerThread
 from support.telephony_peers import TwilioPeer
 from support.waiting import until, wait_until
@@ -174,9 +175,9 @@ def test_a_flood_of_messages_takes_turns_with_the_rest_of_the_loop(bounded: Serv
     handled = 0
     metrics_tap = session.events.tap
 
-    def count(event: dict) -> None:
+    def count(event: Event) -> None:
         nonlocal handled
-        handled += event["type"] in ("utterance.started", "error")  # one of them per message below
+        handled += isinstance(event, UtteranceStarted | Error)  # one of them per message below
         metrics_tap(event)
 
     async def widest_turn(total: int) -> int:
@@ -245,7 +246,7 @@ async def test_wrong_shaped_twilio_messages_are_ignored_and_the_call_goes_on(bou
     try:
         await until(lambda: _twilio_session(bounded) is not None, 5, "the call's session")
         session = _twilio_session(bounded)
-        events: list[dict] = []
+        events: list[Event] = []
         watcher = session.events.subscribe()
 
         async def collect() -> None:
@@ -257,8 +258,8 @@ async def test_wrong_shaped_twilio_messages_are_ignored_and_the_call_goes_on(bou
                     '{"event": "media", "media": ' + "[" * 100_000 + "}"):  # fmt: skip
             await peer.send_raw(raw)
         await peer.dtmf("7")  # the call still reads what follows
-        await until(lambda: any(e["type"] == "dtmf" and e["digit"] == "7" for e in events), 5, "the dtmf after them")
-        assert sum(1 for e in events if e["type"] == "error" and "malformed" in e["message"]) == 4
+        await until(lambda: any(isinstance(e, Dtmf) and e.digit == "7" for e in events), 5, "the dtmf after them")
+        assert sum(1 for e in events if isinstance(e, Error) and "malformed" in e.message) == 4
         assert not session.closed and bounded.app.state.sessions.get(session.id) is session
         task.cancel()
         watcher.close()

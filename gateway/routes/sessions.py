@@ -13,7 +13,6 @@ session (phone calls with no ``[telephony] owner`` only them).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request, WebSocket
@@ -30,7 +29,7 @@ from gateway.streaming import SEND_TIMEOUT, BoundedStreamingResponse
 from signaling.events import TooManySubscribers
 from signaling.manager import SessionManager
 from signaling.protocol import ProtocolError
-from signaling.session import QueueFull, Session, SessionClosed, TextTooLong
+from signaling.session import QueueFull, Session, SessionClosed, TextTooLong, Transport
 from signaling.websocket import AudioFormat, WebSocketTransport
 
 router = APIRouter(tags=["sessions"])
@@ -56,7 +55,7 @@ async def websocket_session(websocket: WebSocket) -> None:
         if len(query.get("text") or "") > (most := settings.limits.max_session_text_chars):
             raise ProtocolError(f"text of more than {most} characters; send it in messages")
         session = websocket.app.state.session_factory.open(
-            "websocket", audio.sample_rate, dict(query), owner=websocket.scope.get("state", {}).get("api_key")
+            Transport.WEBSOCKET, audio.sample_rate, dict(query), owner=websocket.scope.get("state", {}).get("api_key")
         )
     except (ProtocolError, InvalidRequest, Overloaded, RateLimited) as error:
         await websocket.send_json({"type": "error", "message": str(error)})
@@ -114,7 +113,7 @@ async def cancel(session_id: str, request: Request) -> dict:
     return {
         "session_id": session_id,
         "cancelled": cancelled,
-        "utterances": [session.utterances[u].summary(rate) for u in cancelled if u in session.utterances],
+        "utterances": [session.utterances[u].summary(rate).to_dict() for u in cancelled if u in session.utterances],
     }
 
 
@@ -136,7 +135,7 @@ async def events_sse(session_id: str, request: Request) -> StreamingResponse:
         try:
             yield b": connected\n\n"
             async for event in subscription:
-                yield f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+                yield f"event: {event.kind.value}\ndata: {event.to_json()}\n\n".encode()
         finally:
             subscription.close()
 
@@ -158,7 +157,7 @@ async def events_ws(websocket: WebSocket, session_id: str) -> None:
     try:
         async for event in subscription:
             async with asyncio.timeout(SEND_TIMEOUT):  # a watcher that stopped reading is let go
-                await websocket.send_text(json.dumps(event, ensure_ascii=False))
+                await websocket.send_text(event.to_json())
         await websocket.close()
     except Exception:
         pass  # the watcher went away

@@ -12,6 +12,7 @@ from gateway.auth import NOBODY, accept, caller_of
 from gateway.settings import Settings
 from media import vad
 from signaling.audiosocket import AudioSocketCall, AudioSocketServer
+from signaling.session import Transport
 from signaling.twilio import TwilioCall
 from signaling.twilio_signature import TwilioSigning
 
@@ -66,7 +67,7 @@ async def twilio_stream(websocket: WebSocket) -> None:
     key = websocket.scope.get("state", {}).get("api_key")
     call = TwilioCall(
         websocket,
-        lambda parameters: app.state.session_factory.open("twilio", 8000, parameters, owner=key, caller=caller),
+        lambda parameters: app.state.session_factory.open(Transport.TWILIO, 8000, parameters, owner=key, caller=caller),
         lead=settings.session.lead_ms / 1000,
         barge_in=settings.telephony.barge_in and vad.available(),
     )
@@ -82,7 +83,7 @@ def audiosocket_server(app: FastAPI) -> AudioSocketServer:
             reader,
             writer,
             lambda call_id, rate: app.state.session_factory.open(
-                "audiosocket", rate, {}, session_id=call_id, caller=app.state.telephony_caller
+                Transport.AUDIOSOCKET, rate, {}, session_id=call_id, caller=app.state.telephony_caller
             ),
             lead=settings.session.lead_ms / 1000,
             barge_in=telephony.barge_in and vad.available(),

@@ -18,7 +18,7 @@ from cosyvoice import InvalidRequest
 from gateway.auth import caller_of
 from gateway.settings import Settings
 from signaling.offers import OfferError, SendOnlyOffer
-from signaling.session import Session, TextTooLong
+from signaling.session import Session, TextTooLong, Transport
 from signaling.webrtc import OUTPUT_RATE, WebRTCPeer, ice_servers
 
 router = APIRouter(tags=["WebRTC"])
@@ -90,7 +90,7 @@ async def delete_resource(session_id: str, request: Request) -> Response:
     """End the session (200); an id issued lately whose session already ended is a 200 too (DELETE is idempotent)."""
     caller = caller_of(request)
     session = request.app.state.sessions.get(session_id)
-    if session is not None and session.transport == "webrtc" and caller.owns(session.owner):
+    if session is not None and session.transport is Transport.WEBRTC and caller.owns(session.owner):
         await session.close("WHEP/WHIP resource deleted")
         return Response(status_code=200)
     known, owner = issued.owner(session_id)
@@ -133,7 +133,7 @@ async def _answer(request: Request, sdp: str, kind: str, fields: dict) -> tuple[
     settings: Settings = request.app.state.settings
     try:
         session = request.app.state.session_factory.open(
-            "webrtc",
+            Transport.WEBRTC,
             OUTPUT_RATE,
             {k: v for k, v in fields.items() if v is not None},
             owner=getattr(request.state, "api_key", None),

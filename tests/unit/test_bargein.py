@@ -14,7 +14,8 @@ import pytest
 
 from media.resample import resample
 from signaling.bargein import BargeIn
-from signaling.session import Session
+from signaling.messages import BargeInEvent, Event, EventKind, UtteranceState
+from signaling.session import Session, Transport
 from support.waiting import until
 from tests.unit.scripted import Script
 
@@ -71,7 +72,7 @@ class Call:
 
     def __init__(self, session: Session, barge: BargeIn, detector: Counted) -> None:
         self.session, self.barge, self.detector = session, barge, detector
-        self.events: list[dict] = []
+        self.events: list[Event] = []
         session.events.tap = self.events.append
 
     async def hear(self, *windows: np.ndarray) -> None:
@@ -80,12 +81,16 @@ class Call:
         self.barge.heard(np.concatenate(windows))
         await until(lambda: self.detector.decided == target, 5, "detection")
 
-    def kinds(self) -> list[str]:
-        return [event["type"] for event in self.events]
+    def kinds(self) -> list[EventKind]:
+        return [event.kind for event in self.events]
+
+    def barge_in(self) -> BargeInEvent:
+        (event,) = [event for event in self.events if isinstance(event, BargeInEvent)]
+        return event
 
 
 async def open_call(detector=None, **options) -> Call:
-    session = Session(Script(), transport="twilio", output_rate=RATE)
+    session = Session(Script(), transport=Transport.TWILIO, output_rate=RATE)
     barge = BargeIn(session, RATE, **options)
     counted = Counted(detector or Verdicts())
     barge.detector = counted
@@ -107,8 +112,8 @@ async def test_two_windows_of_speech_over_an_utterance_cancel_it(call: Call) -> 
     assert call.kinds() == ["utterance.started"]
     await call.hear(SPEECH)
     assert call.kinds() == ["utterance.started", "speech.started", "utterance.cancelled", "audio.cleared", "barge_in"]
-    assert call.events[-1]["utterances"] == ["u1"] and call.events[-1]["since_onset_ms"] >= 0
-    assert utterance.state == "cancelled" and call.barge.barge_ins == 1 and call.barge.speaking
+    assert call.barge_in().utterances == ("u1",) and call.barge_in().since_onset_ms >= 0
+    assert utterance.state is UtteranceState.CANCELLED and call.barge.barge_ins == 1 and call.barge.speaking
 
 
 async def test_speech_while_we_are_quiet_is_reported_but_cancels_nothing(call: Call) -> None:
@@ -207,7 +212,7 @@ async def test_the_model_hears_speech_not_silence_or_line_noise(caller_speech: n
         assert call.kinds() == ["utterance.started"], "a second of silence and of -70 dBFS noise is nobody talking"
         speech = caller_speech[: len(caller_speech) // WINDOW * WINDOW]
         await call.hear(speech)
-        assert "barge_in" in call.kinds() and call.events[call.kinds().index("barge_in")]["utterances"] == ["u1"]
+        assert call.barge_in().utterances == ("u1",)
         await call.hear(np.zeros(RATE // WINDOW * WINDOW, np.float32))
         assert call.kinds()[-1] == "speech.stopped"
     finally:
