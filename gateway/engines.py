@@ -10,7 +10,12 @@ from gateway.settings import Settings
 
 def build_engine(settings: Settings) -> Engine:
     """The CosyVoice engine when a model directory is set, else the embedded CPU voice
-    (or, for load tests, the replay engine when ``engine.replay_audio`` is set)."""
+    (or, for load tests, the replay engine when ``engine.replay_audio`` is set); with ``backend = "ray"``,
+    the edge's client of the engine pool (gateway/pool.py)."""
+    if settings.engine.backend == "ray":
+        from gateway.pool import pool_engine  # imported here: Ray is an optional extra
+
+        return pool_engine(settings)
     clause_options = {
         "first_clause_chars": settings.engine.first_clause_chars,
         "clause_chars": settings.engine.clause_chars,

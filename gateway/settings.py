@@ -37,6 +37,9 @@ class EngineSettings(Section):
     model_dir: str = ""
     device: str = "auto"
     replay_audio: str = ""
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str = ""
+    ray_app: str = "cosyvoice"
     first_clause_chars: int = Field(10, ge=1)
     clause_chars: int = Field(120, ge=1)
     max_clause_chars: int = Field(240, ge=16)
@@ -62,6 +65,19 @@ class EmbeddedSettings(Section):
     threads_per_worker: int = Field(1, ge=1, le=64)
     voice_model: str = ""
     start_timeout: float = Field(60.0, gt=0)
+
+
+class PoolSettings(Section):
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_streams: float = Field(8.0, gt=0)
+    max_ongoing_streams: int = Field(32, ge=1)
+    gpus_per_replica: float = Field(0.0, ge=0)
+    cpus_per_replica: float = Field(0.0, ge=0)
+    drain_seconds: float = Field(20.0, ge=0)
+    start_timeout: float = Field(120.0, gt=0)
+    stall_timeout: float = Field(15.0, gt=0)
+    attempts: int = Field(3, ge=1, le=10)
 
 
 class SessionSettings(Section):
@@ -123,6 +139,7 @@ class Settings(Section):
     engine: EngineSettings = EngineSettings()
     cosyvoice: CosyVoiceSettings = CosyVoiceSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
+    pool: PoolSettings = PoolSettings()
     session: SessionSettings = SessionSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
     telephony: TelephonySettings = TelephonySettings()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install what is missing; a no-op when nothing changed.
-# Usage: scripts/setup.sh [extras]   (e.g. "test" or "cosyvoice,test")
+# Usage: scripts/setup.sh [extras]   (e.g. "test" or "cosyvoice,ray,test")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

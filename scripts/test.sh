@@ -2,7 +2,7 @@
 # Set up (idempotent) and run the test suite. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh cosyvoice,test
+scripts/setup.sh cosyvoice,ray,test
 
 # The console is tested in a real headless Chromium, and WebRTC against GStreamer's
 # webrtcbin driven by the system python3 (Debian's packages; the GStreamer test skips without them).

@@ -1,0 +1,107 @@
+"""One engine pool replica: an engine (on its GPU, or the embedded voice) serving clause streams.
+
+Each replica loads its engine once and serves every stream routed to it concurrently, so an engine
+that batches (CosyVoice) batches across all of them. A stream the edge cancels is cancelled here too
+(Ray Serve cancels the generator's task), which cancels the engine stream and frees its compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+
+from cosyvoice.engine import Capabilities, Engine
+from cosyvoice.pool.wire import ClauseJob, Header, Piece, ReplicaLoad
+
+log = logging.getLogger("cosyvoice.pool")
+
+# Saved voices remembered as held: a CosyVoice replica's prompt cache keeps about this many 6 s prompts
+# in its default 1 GB; routing only needs the recent ones, and a stale entry costs one recomputation.
+HELD_VOICES = 64
+
+EngineFactory = Callable[[], Engine]
+
+
+class EngineReplica:
+    """The deployment's class: ``serve.deployment`` wraps it (see :mod:`cosyvoice.pool.app`)."""
+
+    async def __init__(self, make_engine: EngineFactory) -> None:
+        self._engine = make_engine()
+        await self._engine.start()
+        self._id = _replica_id()
+        self._held: OrderedDict[str, None] = OrderedDict.fromkeys(self._engine.capabilities.voices)
+        self._streams = 0
+        self._awaiting = 0
+        self._served = 0
+        self._cancelled = 0
+        log.info("replica %s ready: %s", self._id, self._engine.capabilities.model)
+
+    async def capabilities(self) -> Capabilities:
+        return self._engine.capabilities
+
+    async def speak(self, job: ClauseJob, *, voice: str = "", prefer: str = "", avoid: tuple[str, ...] = ()) -> AsyncIterator:
+        """A :class:`Header`, then the clause's :class:`Piece` s. ``voice``, ``prefer`` and ``avoid`` are for the router."""
+        yield Header(self._id)
+        stream = self._engine.synthesize(job.request())
+        self._streams += 1
+        self._awaiting += 1
+        waiting = True
+        taken = 0
+        try:
+            async with stream:
+                async for samples in stream:
+                    if waiting:
+                        self._awaiting -= 1
+                        waiting = False
+                    words, taken = tuple(stream.words[taken:]), len(stream.words)
+                    yield Piece(samples, words)
+            if len(stream.words) > taken:  # timings the engine sent after its last chunk
+                yield Piece(np.zeros(0, dtype=np.float32), tuple(stream.words[taken:]))
+            self._served += 1
+            self._hold(job.voice_key)
+        except asyncio.CancelledError:
+            self._cancelled += 1
+            raise
+        finally:
+            self._streams -= 1
+            self._awaiting -= waiting
+
+    async def load(self, *, prefer: str = "") -> ReplicaLoad:
+        """This replica's figures (``prefer`` names the replica wanted: the router honours it while it has room)."""
+        return ReplicaLoad(
+            self._id, self._streams, self._awaiting, tuple(self._held),
+            served=self._served, cancelled=self._cancelled, busy=self._engine.busy,
+        )  # fmt: skip
+
+    async def replica_id(self) -> str:
+        return self._id
+
+    def record_routing_stats(self) -> dict:
+        """Ray Serve polls this for the request router (``request_routing_stats_period_s``)."""
+        return ReplicaLoad(self._id, self._streams, self._awaiting, tuple(self._held)).as_stats()
+
+    async def check_health(self) -> None:
+        """Ray Serve's health check: an engine that no longer answers gets this replica replaced."""
+        if not await self._engine.probe():
+            raise RuntimeError(f"replica {self._id}: engine '{self._engine.capabilities.engine}' failed its probe")
+
+    async def __del__(self) -> None:
+        # Ray Serve awaits an async __del__ after draining (graceful_shutdown_*): free the engine's workers.
+        await self._engine.close()
+
+    def _hold(self, voice: str) -> None:
+        if voice:
+            self._held[voice] = None
+            self._held.move_to_end(voice)
+            while len(self._held) > HELD_VOICES + len(self._engine.capabilities.voices):
+                self._held.popitem(last=False)
+
+
+def _replica_id() -> str:
+    from ray import serve
+
+    return serve.get_replica_context().replica_id.unique_id

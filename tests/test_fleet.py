@@ -1,0 +1,160 @@
+"""The engine pool on Ray Serve: a real local cluster on loopback, two embedded-voice replicas, an edge.
+
+Skipped only where Ray is not installed (``pip install 'cosyvoice-gateway[ray]'``; scripts/setup.sh does).
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from cosyvoice.pool.router import rank_replicas  # noqa: E402
+from gateway.pool import pool_application  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+from support.servers import ServerThread  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
+from tests.audio_checks import assert_speech_like  # noqa: E402
+from tests.test_ws_session import Listener  # noqa: E402
+
+APP = "fleet-test"
+SENTENCES = [
+    "Thanks for holding, I have your order here.",
+    "It left our warehouse on Monday morning.",
+    "The courier expects to deliver it on Thursday.",
+    "You will get a text message with a time slot.",
+    "If nobody is home, they will try again on Friday.",
+    "Is there anything else I can help you with today?",
+]
+
+
+def settings_for(app: str) -> Settings:
+    return Settings.model_validate({
+        "engine": {"backend": "ray", "ray_app": app},
+        "embedded": {"workers": 1},  # one Piper process per replica: the two replicas share the 2 cores
+        "pool": {"min_replicas": 2, "max_replicas": 2, "stall_timeout": 5.0, "start_timeout": 60.0},
+        # Synthesis runs at most a second ahead of playback, so the replica dies with clauses still to speak.
+        "session": {"max_lead_seconds": 1.0},
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def edge():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(proxy_location="Disabled")
+        settings = settings_for(APP)
+        serve.run(pool_application(settings), name=APP, route_prefix=None)
+        server = ServerThread(settings).start(ready_timeout=60)
+        yield server
+        server.stop()
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def replica_load(replica: str):
+    """One replica's own figures (the router sends a call that prefers it there while it has room)."""
+    handle = serve.get_deployment_handle("EngineReplica", app_name=APP)
+    load = handle.load.remote(prefer=replica).result(timeout_s=10)
+    assert load.replica == replica, "the router honours prefer= for an idle replica"
+    return load
+
+
+def live_replicas() -> list[str]:
+    status = serve.status().applications[APP].deployments["EngineReplica"]
+    return [name.rsplit("#", 1)[-1] for name in replica_actor_names()] if status.status == "HEALTHY" else []
+
+
+def replica_actor_names() -> list[str]:
+    return [
+        actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(f"SERVE_REPLICA::{APP}#")
+    ]  # fmt: skip
+
+
+def sentences_spoken(events: list[dict], text: str) -> set[int]:
+    """Which sentences of ``text`` have words that began to play."""
+    starts = [text.index(sentence) for sentence in SENTENCES]
+    return {max(i for i, start in enumerate(starts) if start <= word["char_start"]) for word in events}
+
+
+def test_a_session_speaks_through_the_pool_with_its_clauses_on_one_replica(edge: ServerThread) -> None:
+    engine = edge.engine
+    before = {replica: load.served for replica, load in engine.load.items()}
+    listener = Listener(edge.url)
+    try:
+        listener.send(type="text", text=" ".join(SENTENCES[:3]), flush=True)
+        listener.event("utterance.done", timeout=30)
+        assert_speech_like(listener.audio(), 24000, min_seconds=4, max_seconds=15)
+    finally:
+        listener.close()
+    served = {replica: load.served - before.get(replica, 0) for replica, load in engine.load.items()}
+    # Three sentences, four clauses (the first is cut early at its comma), all on one replica.
+    assert [count for count in served.values() if count] == [4], f"one replica spoke every clause: {served}"
+
+
+def test_a_replica_killed_mid_utterance_costs_at_most_one_clause(edge: ServerThread) -> None:
+    engine = edge.engine
+    text = " ".join(SENTENCES)
+    failovers = engine.failovers
+    listener = Listener(edge.url)
+    try:
+        listener.send(type="text", text=text, flush=True)
+        wait_until(lambda: len(listener.frames) > 50, 20, "a second of audio")
+        # A clause takes the replica ~200 ms here: polled every 2 ms, the kill lands while it is spoken.
+        wait_until(lambda: any(load.streams for load in engine.load.values()), 10, "a clause in flight", 0.002)
+        (victim,) = [r for r, load in engine.load.items() if load.streams]
+        (name,) = [name for name in replica_actor_names() if name.endswith("#" + victim)]
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        killed_at = time.monotonic() - listener.started
+        _, done = listener.event("utterance.done", timeout=40)
+        assert done["state"] == "done", done
+        words = [event for at, event in listener.events if event["type"] == "word"]
+        spoken = sentences_spoken(words, text)
+        assert len(spoken) >= len(SENTENCES) - 1 and len(SENTENCES) - 1 in spoken, spoken
+        assert any(at > killed_at for at, _ in listener.frames), "audio went on after the kill"
+        assert engine.failovers > failovers, "the edge saw the replica go"
+        errors = [event for _, event in listener.events if event["type"] == "error"]
+        assert not errors, errors
+    finally:
+        listener.close()
+    # Ray Serve replaces the dead replica.
+    wait_until(lambda: len(replica_actor_names()) == 2 and victim not in live_replicas(), 60, "a new replica")
+
+
+def test_cancel_reaches_the_replica_and_nothing_is_left(edge: ServerThread) -> None:
+    engine = edge.engine
+    listener = Listener(edge.url)
+    try:
+        listener.send(type="text", text=" ".join(SENTENCES * 3), flush=True)
+        wait_until(lambda: any(load.streams for load in engine.load.values()), 20, "a clause in flight")
+        (replica,) = [r for r, load in engine.load.items() if load.streams]
+        cancelled = replica_load(replica).cancelled
+        listener.send(type="cancel")
+        listener.event("utterance.cancelled")
+        wait_until(lambda: replica_load(replica).cancelled > cancelled, 10, "the replica's stream cancelled")
+    finally:
+        listener.close()
+    wait_until(lambda: engine.busy == 0, 10, "no streams from the edge")
+    loads = [replica_load(name.rsplit("#", 1)[-1]) for name in replica_actor_names()]
+    assert [(load.streams, load.awaiting_first_audio) for load in loads] == [(0, 0)] * 2, loads
+    # A Piper worker finishes (or drops) the sentence it holds within a clause's time: then all are idle.
+    idle = lambda: all(replica_load(name.rsplit("#", 1)[-1]).busy == 0 for name in replica_actor_names())  # noqa: E731
+    wait_until(idle, 5, "every replica's engine idle")
+
+
+def test_routing_ranks_the_previous_replica_then_voice_holders_by_queued_first_audio() -> None:
+    def replica(name: str, voices=(), awaiting: int = 0):
+        stats = {"voices": list(voices), "awaiting_first_audio": awaiting}
+        return SimpleNamespace(replica_id=SimpleNamespace(unique_id=name), routing_stats=stats)
+
+    a, b, c, d = replica("a"), replica("b", ["ann"], 3), replica("c", ["ann"], 1), replica("d", awaiting=0)
+    ranks = rank_replicas([a, b, c, d], voice="ann", prefer="a", avoid=frozenset(), queued=lambda r: 0)
+    assert [[r.replica_id.unique_id for r in rank] for rank in ranks] == [["a"], ["c", "b"], ["d"]]
+    ranks = rank_replicas([a, b, c, d], voice="ann", prefer="c", avoid=frozenset({"c"}), queued=lambda r: 0)
+    assert [[r.replica_id.unique_id for r in rank] for rank in ranks] == [["b"], ["a", "d"], ["c"]]
