@@ -240,10 +240,11 @@ def test_tolerances_catch_mistakes(models, reference, feature_reference, monkeyp
     assert ratio(late, theirs, whisper_bound(theirs)) > widely
 
     # a missing lookahead (chunks encoded without the 3 tokens after them), and the last segment of a stream
-    # rendered with chunk masks on the carried state instead of upstream's unmasked pass over everything
+    # rendered with chunk masks (what the carried state gives) instead of upstream's unmasked pass
     from cosyvoice.model.flow import FlowSession
 
     encode = model.flow.encode
+
     def without_lookahead(session, tokens, context):
         return encode(session, tokens, None if context is None else context[:0])
 
