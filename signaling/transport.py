@@ -107,6 +107,7 @@ class SessionTransport(ABC):
     async def _follow(self, events) -> None:
         async for event in events:
             await self.on_event(event)
+            await asyncio.sleep(0)  # a backlog (a flood of bad messages makes one) goes out a turn at a time
 
 
 class WebSocketWire:
