@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import sys
+
+from prometheus_client import Gauge
 
 from cosyvoice import Engine
 from gateway.engines import build_engine, clause_options
+from gateway.metrics import Metrics
 from gateway.settings import Settings, load_settings
 
 
@@ -45,6 +49,33 @@ def pool_application(settings: Settings):
         drain_seconds=pool.drain_seconds,
     )  # fmt: skip
     return application(functools.partial(replica_engine, settings), scaling)
+
+
+def watch_pool(metrics: Metrics, engine: Engine) -> None:
+    """Gauges of the pool as this edge sees it, for autoscaling and alerts (nothing for a local engine)."""
+    client = sys.modules.get("cosyvoice.pool.client")  # loaded only where the pool is in use: Ray is optional
+    if client is None or not isinstance(engine, client.PoolEngine):
+        return
+    r = metrics.registry
+    streams = Gauge("gateway_pool_streams", "Clauses this edge has in flight, per replica.", ["replica"], registry=r)
+    awaiting = Gauge(
+        "gateway_pool_awaiting_first_audio", "Of those, the ones with no audio yet (queued first audio), per replica.",
+        ["replica"], registry=r,
+    )  # fmt: skip
+    failovers = Gauge(
+        "gateway_pool_failovers", "Clauses moved to another replica, or cut, because theirs was lost (since start).",
+        registry=r,
+    )  # fmt: skip
+
+    def refresh() -> None:
+        streams.clear()
+        awaiting.clear()
+        for replica, load in list(engine.load.items()):
+            streams.labels(replica).set(load.streams)
+            awaiting.labels(replica).set(load.awaiting_first_audio)
+        failovers.set(engine.failovers)
+
+    metrics.on_scrape(refresh)
 
 
 def main(argv: list[str] | None = None) -> None:

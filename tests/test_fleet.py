@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import httpx
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -94,6 +95,10 @@ def test_a_session_speaks_through_the_pool_with_its_clauses_on_one_replica(edge:
     finally:
         listener.close()
     served = {replica: load.served - before.get(replica, 0) for replica, load in engine.load.items()}
+    scrape = httpx.get(edge.url + "/metrics", timeout=10).text
+    for replica in served:
+        assert f'gateway_pool_streams{{replica="{replica}"}} 0.0' in scrape
+        assert f'gateway_pool_awaiting_first_audio{{replica="{replica}"}} 0.0' in scrape
     # Three sentences, four clauses (the first is cut early at its comma), all on one replica.
     assert [count for count in served.values() if count] == [4], f"one replica spoke every clause: {served}"
 

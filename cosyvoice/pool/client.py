@@ -21,7 +21,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from cosyvoice.engine import AudioStream, Capabilities, Emit, Engine, SynthesisRequest
-from cosyvoice.errors import EngineUnavailable
+from cosyvoice.errors import EngineFailure, EngineUnavailable, SynthesisError
 from cosyvoice.pool.app import DEPLOYMENT
 from cosyvoice.pool.wire import ClauseJob, Header, Piece
 from cosyvoice.text import ClauseOptions, split_clauses
@@ -141,7 +141,8 @@ class PoolEngine(Engine):
             )
             try:
                 header = await self._next(call)
-                assert isinstance(header, Header)
+                if not isinstance(header, Header):
+                    raise EngineFailure(f"the engine pool answered {header!r} where a replica's header belongs")
                 replica = header.replica
                 self._pins[owner] = replica
                 load = self.load.setdefault(replica, EdgeLoad())
@@ -149,7 +150,7 @@ class PoolEngine(Engine):
                 load.awaiting_first_audio += 1
                 try:
                     while (piece := await self._next(call)) is not None:
-                        if load.awaiting_first_audio and emitted == 0 and len(piece.samples):
+                        if emitted == 0 and len(piece.samples):
                             load.awaiting_first_audio -= 1
                         emitted += len(piece.samples)
                         await emit(piece.samples, _placed(piece, at))
@@ -168,6 +169,10 @@ class PoolEngine(Engine):
                             "the rest of the clause is lost" if emitted else "trying another")
                 if emitted:
                     return emitted
+            except SynthesisError:
+                raise
+            except Exception as failure:  # the replica's engine failed: a synthesis error, never a session's crash
+                raise EngineFailure(f"the engine pool failed: {failure}") from failure
             finally:
                 call.cancel()
         raise EngineUnavailable(f"the engine pool failed this clause {self.options.attempts} times: {error}")
