@@ -418,11 +418,12 @@ def test_caller_audio_gate_counts_real_time_plus_a_burst() -> None:
     from types import SimpleNamespace
 
     from signaling.inbound import CallerAudio
+    from signaling.messages import Error, Event
+    from signaling.session import Transport
 
-    emitted: list[str] = []
-    session = SimpleNamespace(
-        id="s_test", transport="twilio", touch=lambda: None, events=SimpleNamespace(emit=lambda kind, **_: emitted.append(kind))
-    )
+    emitted: list[Event] = []
+    events = SimpleNamespace(emit=emitted.append)
+    session = SimpleNamespace(id="s_test", transport=Transport.TWILIO, touch=lambda: None, events=events)
     now = [0.0]
     gate = CallerAudio(session, clock=lambda: now[0])
     for _ in range(1000):  # 2 s of wall time, 20 ms frames at 10x real time
@@ -432,7 +433,7 @@ def test_caller_audio_gate_counts_real_time_plus_a_burst() -> None:
     assert abs(gate.stats.accepted_seconds - 3.0) <= 0.02, gate.stats
     assert abs(gate.stats.dropped_seconds - 17.0) <= 0.02, gate.stats
     assert not gate.admit(0.2) and gate.stats.refused_frames == 1
-    assert emitted == ["error", "error"], "each kind of refusal is reported once"
+    assert [type(event) for event in emitted] == [Error, Error], "each kind of refusal is reported once"
 
 
 async def test_audiosocket_hangs_up_when_the_session_is_closed(phone: ServerThread) -> None:
