@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import numpy as np
@@ -12,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 from cosyvoice import AudioStream
 from gateway.streaming import BoundedStreamingResponse
 from media.containers import StreamEncoder
+from signaling.lifecycle import race
 
 
 class StreamEndingResponse(BoundedStreamingResponse):
@@ -72,16 +72,11 @@ async def _encoded(
 
 async def collect_audio(stream: AudioStream, request: Request) -> np.ndarray | None:
     """All of a stream's audio, or None (engine work stopped) if the client left first."""
-    collector = asyncio.ensure_future(_concatenate(stream))
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finish = await race(_concatenate(stream), _wait_for_disconnect(request))
     finally:
-        watcher.cancel()
-        if not collector.done():
-            collector.cancel()
-            stream.cancel()
-    return None if collector.cancelled() else collector.result()
+        stream.cancel()  # a no-op once the stream has ended
+    return None if finish.index == 1 else finish.value()
 
 
 async def _concatenate(stream: AudioStream) -> np.ndarray:

@@ -30,6 +30,7 @@ from gateway.admission import RateLimited
 from gateway.errors import error_response
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from signaling.closecodes import CloseCode
 
 SUBPROTOCOL_PREFIX = "bearer."
 # How the ElevenLabs and Cartesia clients send their key (routes under /elevenlabs and /cartesia).
@@ -229,8 +230,8 @@ class ApiKeyMiddleware:
         if scope["type"] == "websocket":
             await receive()  # websocket.connect
             await send({"type": "websocket.accept"})
-            code = 1008 if status == 401 else 1013
-            await send({"type": "websocket.close", "code": code, "reason": message[:120]})
+            code = CloseCode.POLICY_VIOLATION if status == 401 else CloseCode.TRY_AGAIN_LATER
+            await send({"type": "websocket.close", "code": int(code), "reason": message[:120]})
             return
         await error_response(scope["path"], status, message, headers=headers)(scope, receive, send)
 

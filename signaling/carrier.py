@@ -27,20 +27,8 @@ from signaling import messages
 from signaling.bargein import BargeIn
 from signaling.closecodes import CloseCode
 from signaling.inbound import CallerAudio
-from signaling.serializers.base import (
-    CarrierSerializer,
-    Dtmf,
-    Inbound,
-    Malformed,
-    Mark,
-    Media,
-    Message,
-    Problem,
-    ProtocolViolation,
-    Start,
-    Stop,
-    Undecodable,
-)
+from signaling.serializers import base as wire
+from signaling.serializers.base import CarrierSerializer, Inbound, Message
 from signaling.session import Session
 from signaling.transport import SessionTransport, WebSocketWire
 
@@ -74,22 +62,22 @@ class CarrierCall(SessionTransport):
             self.barge_in = BargeIn(session, session.buffer.sample_rate)
         await super().serve(session, first_words)
 
-    async def await_start(self, timeout: float = START_TIMEOUT) -> Start | None:
+    async def await_start(self, timeout: float = START_TIMEOUT) -> wire.Start | None:
         """The call's start; None if the far end stopped or left first. Raises TimeoutError, ProtocolViolation."""
         async with asyncio.timeout(timeout):
             while (message := await self.read()) is not None:
                 inbound = self.decode(message)
-                if isinstance(inbound, Start):
+                if isinstance(inbound, wire.Start):
                     self.stream_id = inbound.stream_id
                     return inbound
-                if isinstance(inbound, Stop):
+                if isinstance(inbound, wire.Stop):
                     return None
         return None
 
     async def receive(self) -> None:
         while (message := await self.read()) is not None:
             inbound = self.decode(message)
-            if isinstance(inbound, Stop):
+            if isinstance(inbound, wire.Stop):
                 return
             self.act(inbound)
 
@@ -97,24 +85,24 @@ class CarrierCall(SessionTransport):
         """The message's typed value; None for one skipped (reported if it was malformed)."""
         try:
             return self.serializer.decode(message)
-        except Malformed as error:
+        except wire.Malformed as error:
             self.ignore(str(error))
-        except Undecodable as error:
+        except wire.Undecodable as error:
             self._report(str(error))
         return None
 
     def act(self, inbound: Inbound | None) -> None:
         match inbound:
-            case Media():
+            case wire.Media():
                 self._hear(inbound)
-            case Mark(name=name):
+            case wire.Mark(name=name):
                 reached = self._marks.pop(name, None)
                 if reached is not None:
                     self.session.on_reached(reached)
-            case Dtmf(digit=digit):
+            case wire.Dtmf(digit=digit):
                 self.session.events.emit(messages.Dtmf(digit=digit))
                 self.session.touch()
-            case Problem(message=message):
+            case wire.Problem(message=message):
                 self._report(message)
 
     def ignore(self, what: str) -> None:
@@ -122,7 +110,8 @@ class CarrierCall(SessionTransport):
         self.ignored_messages += 1
         name = self.serializer.name
         if self.ignored_messages == 1:
-            log.warning("%s stream %s: ignored %s (further ones are only counted)", name.lower(), self.stream_id or "?", what)
+            stream = self.stream_id or "?"
+            log.warning("%s stream %s: ignored %s (further ones are only counted)", name.lower(), stream, what)
         self._report(f"malformed {name} message ignored: {what}")
 
     async def send_frame(self, frame: Frame) -> None:
@@ -148,12 +137,12 @@ class CarrierCall(SessionTransport):
         if self.inbound is not None:
             self.inbound.log_summary()
 
-    def _hear(self, media: Media) -> None:
+    def _hear(self, media: wire.Media) -> None:
         if not self.inbound.admit(media.seconds):
             return
         try:
             samples = self.serializer.decode_audio(media)
-        except Undecodable as error:
+        except wire.Undecodable as error:
             self._report(str(error))
             return
         self.inbound_frames += 1
@@ -192,9 +181,10 @@ class WebSocketCall(WebSocketWire, CarrierCall):
         name = self.serializer.name.lower()
         try:
             start = await self.await_start()
-        except (TimeoutError, ProtocolViolation) as error:
+        except (TimeoutError, wire.ProtocolViolation) as error:
             log.warning("%s stream ended before start: %s", name, error or "no start in time")
-            await self.close(CloseCode.POLICY_VIOLATION if isinstance(error, ProtocolViolation) else CloseCode.NORMAL)
+            refused = isinstance(error, wire.ProtocolViolation)
+            await self.close(CloseCode.POLICY_VIOLATION if refused else CloseCode.NORMAL)
             return
         if start is None:
             log.warning("%s stream ended before start", name)

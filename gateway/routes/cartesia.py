@@ -37,6 +37,7 @@ from gateway.voice_agents import (
     UnknownVoice,
     cartesia_format,
 )
+from signaling.closecodes import CloseCode
 from signaling.contexts import AudioOut, ContextClosed, Failed, Finished, Flushed, SpeechContext, WordsOut
 from signaling.session import TextTooLong, VoiceSettings
 
@@ -147,7 +148,7 @@ class _Connection:
                 except TimeoutError:
                     error = CartesiaError("idle_timeout", f"no message for {IDLE_TIMEOUT_S:g} s; the connection is closed", 408)
                     await self.socket.send(_error_body(error, None))
-                    await self.websocket.close(1008, reason=str(error)[:120])
+                    await self.websocket.close(CloseCode.POLICY_VIOLATION, reason=str(error)[:120])
                     return
                 except Malformed as error:
                     await self.socket.send(_error_body(_classify(error), None))

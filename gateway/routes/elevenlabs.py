@@ -40,6 +40,7 @@ from gateway.voice_agents import (
     UnknownVoice,
     elevenlabs_format,
 )
+from signaling.closecodes import CloseCode
 from signaling.contexts import AudioOut, ContextClosed, Failed, Finished, Flushed, SpeechContext, WordsOut
 from signaling.session import TextTooLong
 
@@ -239,7 +240,7 @@ class _Connection:
     async def _fail(self, error: ElevenLabsError) -> None:
         try:
             await self.socket.send({"error": error.status, "message": str(error), "code": 1008})
-            await self.websocket.close(1008, reason=str(error)[:120])
+            await self.websocket.close(CloseCode.POLICY_VIOLATION, reason=str(error)[:120])
         except (RuntimeError, OSError, TimeoutError, WebSocketDisconnect):
             pass  # the client left first
 

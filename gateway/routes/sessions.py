@@ -26,6 +26,8 @@ from gateway.auth import accept, caller_of
 from gateway.errors import RETRY_AFTER_SECONDS
 from gateway.settings import Settings
 from gateway.streaming import SEND_TIMEOUT, BoundedStreamingResponse
+from gateway.ws_errors import close_code
+from signaling.closecodes import CloseCode
 from signaling.events import TooManySubscribers
 from signaling.manager import SessionManager
 from signaling.protocol import ProtocolError
@@ -59,8 +61,7 @@ async def websocket_session(websocket: WebSocket) -> None:
         )
     except (ProtocolError, InvalidRequest, Overloaded, RateLimited) as error:
         await websocket.send_json({"type": "error", "message": str(error)})
-        busy = isinstance(error, (Overloaded, RateLimited))
-        await websocket.close(code=1013 if busy else 1008, reason=str(error)[:120])
+        await websocket.close(code=close_code(error), reason=str(error)[:120])
         return
     transport = WebSocketTransport(
         websocket,
@@ -147,12 +148,12 @@ async def events_ws(websocket: WebSocket, session_id: str) -> None:
     session = _find(websocket, session_id)
     await accept(websocket)
     if session is None:
-        await websocket.close(code=1008, reason="no such session")
+        await websocket.close(code=CloseCode.POLICY_VIOLATION, reason="no such session")
         return
     try:
         subscription = session.events.subscribe(limit=MAX_WATCHERS)
     except TooManySubscribers as error:
-        await websocket.close(code=1013, reason=str(error)[:120])
+        await websocket.close(code=close_code(error), reason=str(error)[:120])
         return
     try:
         async for event in subscription:

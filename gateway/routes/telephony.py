@@ -12,6 +12,7 @@ from gateway.auth import NOBODY, accept, caller_of
 from gateway.settings import Settings
 from media import vad
 from signaling.audiosocket import AudioSocketCall, AudioSocketServer
+from signaling.closecodes import CloseCode
 from signaling.session import Transport
 from signaling.twilio import TwilioCall
 from signaling.twilio_signature import TwilioSigning
@@ -58,7 +59,7 @@ async def twilio_stream(websocket: WebSocket) -> None:
         url = _public_url(websocket, settings).replace("http", "ws", 1)
         if not signing.verify(websocket.headers, url):
             log.warning("refused a Twilio stream with an invalid signature")
-            await websocket.close(code=1008)  # before accept: the upgrade is answered 403
+            await websocket.close(code=CloseCode.POLICY_VIOLATION)  # before accept: the upgrade is answered 403
             return
     await accept(websocket)
     # Twilio's own call is the carrier's (see telephony_caller); with no auth token the socket needed a key, whose call it is.

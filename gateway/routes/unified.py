@@ -21,6 +21,8 @@ from gateway.streaming import SEND_TIMEOUT
 from gateway.synthesis import Synthesizer
 from media.containers import PcmEncoder, wav_bytes
 from media.pcm import to_s16le
+from signaling.closecodes import CloseCode
+from signaling.lifecycle import race
 
 router = APIRouter(tags=["unified v1"])
 log = logging.getLogger(__name__)
@@ -79,11 +81,11 @@ async def ws_tts(websocket: WebSocket) -> None:
         return
     except TimeoutError:
         await websocket.send_json({"error": f"no config within {CONFIG_TIMEOUT:g} s", "done": True})
-        await websocket.close(code=1008)
+        await websocket.close(code=CloseCode.POLICY_VIOLATION)
         return
     except (ValidationError, ValueError, SynthesisError, HTTPException, Overloaded) as error:
         await websocket.send_json({"error": _message(error), "done": True})
-        await websocket.close(code=1008)
+        await websocket.close(code=CloseCode.POLICY_VIOLATION)
         return
     if await _send_until_disconnect(websocket, stream):
         await websocket.send_json({"done": True})
@@ -115,25 +117,21 @@ async def _send_until_disconnect(websocket: WebSocket, stream: AudioStream) -> b
     async def wait_for_close() -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
+        stream.cancel()  # the engine work stops first, before the race's teardown
 
-    sender, watcher = asyncio.ensure_future(send_all()), asyncio.ensure_future(wait_for_close())
     try:
-        await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finish = await race(send_all(), wait_for_close())
     finally:
         stream.cancel()
-        for task in (sender, watcher):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
-    if sender.cancelled():
+    if finish.index == 1:  # the client left first
         return False
-    if isinstance(sender.exception(), SynthesisError):  # e.g. the audio ran far too long: say so
-        log.warning("/ws/v1/tts stream failed: %s", sender.exception())
+    if isinstance(finish.error, SynthesisError):  # e.g. the audio ran far too long: say so
+        log.warning("/ws/v1/tts stream failed: %s", finish.error)
         with contextlib.suppress(Exception):
-            await websocket.send_json({"error": str(sender.exception()), "done": True})
-            await websocket.close(code=1011)
+            await websocket.send_json({"error": str(finish.error), "done": True})
+            await websocket.close(code=CloseCode.INTERNAL_ERROR)
         return False
-    return sender.exception() is None
+    return finish.error is None
 
 
 async def _open(synth: Synthesizer, body: TtsRequest, *, streaming: bool) -> AudioStream:

@@ -50,7 +50,8 @@ class AudioSocketSerializer(CarrierSerializer):
         payload = bytes(message[HEADER.size : HEADER.size + length])
         if not self._started:
             if kind != UUID or len(payload) != 16:
-                raise ProtocolViolation(f"the first frame must be a 16-byte UUID (got type 0x{kind:02x}, {len(payload)} bytes)")
+                got = f"got type 0x{kind:02x}, {len(payload)} bytes"
+                raise ProtocolViolation(f"the first frame must be a 16-byte UUID ({got})")
             self._started = True
             call_id = str(uuid.UUID(bytes=payload))
             return Start(call_id, call_id)

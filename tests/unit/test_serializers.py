@@ -13,7 +13,17 @@ from media.pcm import from_s16le
 from signaling.messages import Error
 from signaling.protocol import ProtocolError
 from signaling.serializers.audiosocket import AudioSocketSerializer, frame
-from signaling.serializers.base import Dtmf, Malformed, Mark, Media, Problem, ProtocolViolation, Start, Stop, Undecodable
+from signaling.serializers.base import (
+    Dtmf,
+    Malformed,
+    Mark,
+    Media,
+    Problem,
+    ProtocolViolation,
+    Start,
+    Stop,
+    Undecodable,
+)
 from signaling.serializers.session import AudioFormat, SessionSerializer
 from signaling.serializers.twilio import TwilioSerializer
 
@@ -85,7 +95,8 @@ def test_twilio_media_is_sized_before_it_is_decoded() -> None:
 
 @pytest.mark.parametrize(
     "message",
-    ["{not json", "[1, 2, 3]", '"media"', '{"event": "media", "media": "x"}', '{"event": "mark"}', b'{"event": "stop"}', "[" * 100000],
+    ["{not json", "[1, 2, 3]", '"media"', '{"event": "media", "media": "x"}', '{"event": "mark"}', b'{"event": "stop"}',
+     "[" * 100000],  # fmt: skip
 )
 def test_twilio_malformed_messages_are_malformed(message) -> None:
     with pytest.raises(Malformed):
@@ -179,7 +190,8 @@ def test_session_protocol_round_trips() -> None:
     with pytest.raises(ProtocolError):
         serializer.decode('{"text": "no type"}')
     event = Error(message="é", session_id="s_1", time=1.0)
-    assert json.loads(serializer.encode_event(event)) == {"type": "error", "session_id": "s_1", "time": 1.0, "message": "é"}
+    expected = {"type": "error", "session_id": "s_1", "time": 1.0, "message": "é"}
+    assert json.loads(serializer.encode_event(event)) == expected
 
 
 def test_session_protocol_opus_is_one_packet_per_frame() -> None:
