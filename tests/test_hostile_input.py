@@ -320,6 +320,34 @@ def test_ws_tts_config_nested_too_deeply_is_an_error_message(bounded: ServerThre
     assert reply["done"] and "nested too deeply" in reply["error"]
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_ws_tts_clients_that_close_normally_leave_no_traceback(bounded: ServerThread) -> None:
+    """A client that closes as the last audio goes out made "Exception in ASGI application" every time."""
+    records = _Records()
+    logger = logging.getLogger("uvicorn.error")  # the server configured it at start: add to it now
+    logger.addHandler(records)
+    url = bounded.url.replace("http", "ws") + "/ws/v1/tts"
+    try:
+        for _ in range(5):
+            with websockets.sync.client.connect(url) as socket:  # the config, then a normal close at once
+                socket.send(json.dumps({"text": "Hello there, friend."}))
+            with websockets.sync.client.connect(url) as socket:  # a close after the first audio
+                socket.send(json.dumps({"text": "Hello there, friend."}))
+                socket.recv(timeout=20)
+        time.sleep(0.5)
+    finally:
+        logger.removeHandler(records)
+    assert not [message for message in records.messages if "Exception" in message], records.messages
+
+
 def test_the_redaction_filter_masks_query_keys_in_uvicorn_records() -> None:
     access = logging.LogRecord(
         "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',

@@ -88,8 +88,9 @@ async def ws_tts(websocket: WebSocket) -> None:
         await websocket.close(code=CloseCode.POLICY_VIOLATION)
         return
     if await _send_until_disconnect(websocket, stream):
-        await websocket.send_json({"done": True})
-        await websocket.close()
+        with contextlib.suppress(WebSocketDisconnect):  # a client may close as the last audio reaches it
+            await websocket.send_json({"done": True})
+            await websocket.close()
 
 
 async def _receive_config(websocket: WebSocket) -> TtsRequest:
