@@ -50,6 +50,7 @@ import torch  # noqa: E402
 import cosyvoice.runtime.tokens as runtime_tokens  # noqa: E402
 from cosyvoice.engine import Audio, Mode, SavedVoice, SynthesisRequest  # noqa: E402
 from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions  # noqa: E402
+from cosyvoice.text import ClauseOptions  # noqa: E402
 from tools.make_cosyvoice_model import make_model  # noqa: E402
 
 TEXTS = [
@@ -63,7 +64,7 @@ TEXTS = [
 VOICES = (2.0, 2.4, 2.8, 3.2)
 PROMPT_TEXT = "This is the prompt recording for the benchmark."
 RATE = 24000
-NO_SPLIT = {"first_clause_chars": 10_000, "clause_chars": 10_000, "max_chars": 10_000}
+NO_SPLIT = ClauseOptions(first_clause_chars=10_000, clause_chars=10_000, max_chars=10_000)
 
 
 def prompt_audio(seconds: float, rate: int = 16000) -> Audio:

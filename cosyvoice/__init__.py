@@ -11,6 +11,7 @@ from cosyvoice.engine import (
     Engine,
     Mode,
     SavedVoice,
+    SpeechParams,
     SynthesisRequest,
 )
 from cosyvoice.errors import (
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidRequest",
     "Mode",
     "SavedVoice",
+    "SpeechParams",
     "SynthesisError",
     "SynthesisRequest",
     "TimingSource",

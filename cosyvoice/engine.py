@@ -14,7 +14,7 @@ import enum
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,8 +73,25 @@ class SavedVoice:
 
 
 @dataclass(frozen=True)
-class SynthesisRequest:
-    """What to say and how. Which fields matter depends on ``mode``.
+class SpeechParams:
+    """How to speak, whatever the text: one value from a route (or a session's settings) to the engine.
+
+    Which fields matter depends on ``mode``; each default is the one every API surface uses.
+    """
+
+    voice: str | None = None
+    mode: Mode = Mode.SFT
+    speed: float = 1.0
+    seed: int = 0
+    instruct_text: str = ""
+    prompt_text: str = ""
+    prompt_audio: Audio | None = None
+    source_audio: Audio | None = None
+
+
+@dataclass(frozen=True)
+class SynthesisRequest(SpeechParams):
+    """What to say and how.
 
     ``voice`` names a built-in voice, or a saved one: then ``saved_voice``
     carries it (the gateway looks it up in the registry), and its prompt
@@ -82,16 +99,16 @@ class SynthesisRequest:
     """
 
     text: str = ""
-    mode: Mode = Mode.SFT
-    voice: str | None = None
     saved_voice: SavedVoice | None = None
-    prompt_audio: Audio | None = None
-    prompt_text: str = ""
-    instruct_text: str = ""
-    source_audio: Audio | None = None
-    speed: float = 1.0
-    seed: int = 0
     stream: bool = True
+
+    @classmethod
+    def of(
+        cls, text: str, params: SpeechParams, *, saved_voice: SavedVoice | None = None, stream: bool = True
+    ) -> SynthesisRequest:
+        """``text`` spoken as ``params`` say."""
+        how = {param.name: getattr(params, param.name) for param in fields(SpeechParams)}
+        return cls(text=text, saved_voice=saved_voice, stream=stream, **how)
 
 
 @dataclass(frozen=True)

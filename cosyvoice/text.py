@@ -10,6 +10,7 @@ The same splitter serves whole texts (HTTP) and text that arrives in pieces
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _SENTENCE_END = frozenset(".!?…")
 _CLAUSE_END = frozenset(",;:—")
@@ -26,6 +27,19 @@ _ABBREVIATIONS = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class ClauseOptions:
+    """Where clauses are cut (the ``[engine]`` settings ``first_clause_chars``, ``clause_chars``, ``max_clause_chars``).
+
+    ``first_clause_chars`` and ``clause_chars`` are the least text before a comma-like pause may end the first
+    and every later clause; ``max_chars`` cuts a clause that finds no pause at all.
+    """
+
+    first_clause_chars: int = 10
+    clause_chars: int = 120
+    max_chars: int = 240
+
+
 class ClauseSplitter:
     """Incremental clause segmentation: ``feed`` text, get finished clauses back.
 
@@ -34,10 +48,10 @@ class ClauseSplitter:
     for the current clause is not scanned again when more arrives.
     """
 
-    def __init__(self, *, first_clause_chars: int = 10, clause_chars: int = 120, max_chars: int = 240) -> None:
-        self.first_clause_chars = first_clause_chars
-        self.clause_chars = clause_chars
-        self.max_chars = max_chars
+    def __init__(self, options: ClauseOptions = ClauseOptions()) -> None:
+        self.first_clause_chars = options.first_clause_chars
+        self.clause_chars = options.clause_chars
+        self.max_chars = options.max_chars
         self._text = ""
         self._start = 0  # where the current clause begins in _text; what is before it is spoken for
         self._scan = 0  # _text before this holds no cut for the current clause
@@ -121,9 +135,9 @@ class ClauseSplitter:
         return None
 
 
-def split_clauses(text: str, **options: int) -> list[str]:
+def split_clauses(text: str, options: ClauseOptions = ClauseOptions()) -> list[str]:
     """Split a whole text into clauses (see :class:`ClauseSplitter`)."""
-    splitter = ClauseSplitter(**options)
+    splitter = ClauseSplitter(options)
     return splitter.feed(text) + splitter.flush()
 
 

@@ -13,20 +13,17 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from cosyvoice import Engine
-from cosyvoice.voices import VoiceRegistry
 from gateway import NAME, __version__
-from gateway.admission import Admission
 from gateway.auth import ApiKeyMiddleware, KeyStore
 from gateway.engines import build_engine
 from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimit
-from gateway.metrics import TRANSPORTS, Metrics, monitor_event_loop
+from gateway.metrics import TRANSPORTS, monitor_event_loop
+from gateway.pool import watch_pool
 from gateway.request_id import RequestIdMiddleware
 from gateway.routes import cartesia, elevenlabs, openai, seed_a, seed_b, sessions, system, telephony, unified, voices, webrtc
-from gateway.sessions import SessionFactory
 from gateway.settings import Settings
-from gateway.synthesis import Synthesizer
-from signaling.manager import SessionManager
+from gateway.services import Services
 from signaling.webrtc import restrict_host_addresses
 
 log = logging.getLogger(__name__)
@@ -44,34 +41,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     once and ``/v1/health`` says 503 until the engine is ready."""
     settings = settings or Settings()
     keys = KeyStore.from_settings(settings)
-    telephony_caller = keys.telephony_caller(settings.telephony.owner)
     engine = engine or build_engine(settings)
     restrict_host_addresses(settings.webrtc.host_addresses)
-    registry = VoiceRegistry(settings.data_dir / "voices", reserved=frozenset(engine.capabilities.voices))
-    metrics = Metrics()
-    limits = settings.limits
-    admission = Admission(
-        max_syntheses=limits.max_syntheses,
-        queue_size=limits.queue_size,
-        queue_timeout=limits.queue_timeout,
-        max_sessions={
-            "websocket": limits.max_websocket_sessions,
-            "webrtc": limits.max_webrtc_sessions,
-            "telephony": limits.max_telephony_sessions,
-        },
-        metrics=metrics,
-    )
-    manager = SessionManager(settings.session.idle_timeout)
+    services = Services.build(settings, keys, engine)
+    metrics, limits = services.metrics, settings.limits
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         background = [
-            asyncio.create_task(_start_engine(app, engine)),
+            asyncio.create_task(_start_engine(services)),
             asyncio.create_task(monitor_event_loop(metrics)),
         ]
         audiosocket = None
         if settings.telephony.audiosocket_port:
-            audiosocket = telephony.audiosocket_server(app)
+            audiosocket = telephony.audiosocket_server(services)
             await audiosocket.start()
         app.state.audiosocket = audiosocket
         try:
@@ -81,22 +64,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 task.cancel()
             if audiosocket is not None:
                 await audiosocket.close()
-            await manager.close_all()
+            await services.sessions.close_all()
             await engine.close()
 
     app = GatewayApp(title=NAME, version=__version__, lifespan=lifespan)
-    app.state.settings = settings
-    app.state.keys = keys
-    app.state.telephony_caller = telephony_caller
-    app.state.engine = engine
-    app.state.engine_failure = None
-    app.state.registry = registry
-    app.state.metrics = metrics
-    app.state.admission = admission
-    app.state.sessions = manager
-    app.state.synthesizer = Synthesizer(engine, registry, settings, admission, metrics)
-    app.state.session_factory = SessionFactory(app.state.synthesizer, settings, manager)
-    metrics.on_scrape(lambda: _refresh_gauges(app))
+    app.state.services = services  # read through gateway.dependencies.get_services
+    # The services tests read by name.
+    app.state.settings, app.state.registry = settings, services.registry
+    app.state.admission, app.state.sessions = services.admission, services.sessions
+    metrics.on_scrape(lambda: _refresh_gauges(services))
+    watch_pool(metrics, services.engine)
 
     # Outermost first: CORS answers preflights before authentication; the size
     # limit refuses huge bodies before anything reads them.
@@ -118,24 +95,26 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
 async def drain(app: FastAPI, grace: float) -> None:
     """Graceful shutdown: refuse new work, let sessions finish speaking for up to ``grace`` s, close them."""
-    app.state.admission.draining = True
-    manager: SessionManager = app.state.sessions
+    services: Services = app.state.services
+    services.admission.draining = True
+    manager = services.sessions
     deadline = time.monotonic() + grace
     while any(session.speaking for session in manager.list()) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     await manager.close_all("server shutting down")
 
 
-def _refresh_gauges(app: FastAPI) -> None:
-    metrics: Metrics = app.state.metrics
+def _refresh_gauges(services: Services) -> None:
+    metrics = services.metrics
     for transport in TRANSPORTS[1:]:
-        metrics.active_sessions.labels(transport).set(app.state.sessions.count(transport))
-    metrics.voices.set(len(app.state.registry))
-    metrics.engine_busy.set(app.state.engine.busy)
+        metrics.active_sessions.labels(transport).set(services.sessions.count(transport))
+    metrics.voices.set(len(services.registry))
+    metrics.engine_busy.set(services.engine.busy)
     metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
 
 
-async def _start_engine(app: FastAPI, engine: Engine) -> None:
+async def _start_engine(services: Services) -> None:
+    engine = services.engine
     caps = engine.capabilities
     log.info("loading engine %s (%s)", caps.engine, caps.model)
     try:
@@ -144,6 +123,6 @@ async def _start_engine(app: FastAPI, engine: Engine) -> None:
         raise
     except Exception as error:
         log.exception("engine %s failed to start", caps.engine)
-        app.state.engine_failure = f"{type(error).__name__}: {error}"
+        services.engine_status.failure = f"{type(error).__name__}: {error}"
         return
     log.info("engine %s ready: %d Hz, voices %s", caps.engine, caps.sample_rate, ", ".join(caps.voices))

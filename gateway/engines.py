@@ -1,11 +1,19 @@
-"""Choose and build the engine the settings ask for."""
+"""Choose and build the engine the settings ask for; every engine option comes from its settings here."""
 
 from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from cosyvoice import Engine
 from cosyvoice.embedded import EmbeddedEngine, EmbeddedOptions
 from cosyvoice.replay import ReplayEngine
+from cosyvoice.text import ClauseOptions
 from gateway.settings import Settings
+
+Options = TypeVar("Options")
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -16,46 +24,31 @@ def build_engine(settings: Settings) -> Engine:
         from gateway.pool import pool_engine  # imported here: Ray is an optional extra
 
         return pool_engine(settings)
-    clause_options = {
-        "first_clause_chars": settings.engine.first_clause_chars,
-        "clause_chars": settings.engine.clause_chars,
-        "max_chars": settings.engine.max_clause_chars,
-    }
+    limit = settings.limits.max_text_chars
     if settings.engine.replay_audio:
-        return ReplayEngine(settings.engine.replay_audio, max_text_chars=settings.limits.max_text_chars)
+        return ReplayEngine(settings.engine.replay_audio, max_text_chars=limit)
     if settings.engine.model_dir:
         # Imported here: torch is an optional extra, and the embedded voice needs none of it.
         from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
 
-        cosyvoice = settings.cosyvoice
-        return CosyVoiceEngine(
-            CosyVoiceOptions(
-                model_dir=settings.engine.model_dir,
-                device=settings.engine.device,
-                normalize_text=cosyvoice.normalize_text,
-                onnx_threads=cosyvoice.onnx_threads,
-                first_hop=cosyvoice.first_hop,
-                max_hop=cosyvoice.max_hop,
-                threads=cosyvoice.threads,
-                llm_backend=cosyvoice.llm_backend,
-                max_batch=cosyvoice.max_batch,
-                prefill_chunk=cosyvoice.prefill_chunk,
-                vllm_memory=cosyvoice.vllm_memory,
-                prompt_cache_mb=cosyvoice.prompt_cache_mb,
-                dtype=cosyvoice.dtype,
-                kv_cache=cosyvoice.kv_cache,
-            ),
-            max_text_chars=settings.limits.max_text_chars,
-            clause_options=clause_options,
+        options = options_from(
+            CosyVoiceOptions, settings.cosyvoice, model_dir=settings.engine.model_dir, device=settings.engine.device
         )
-    embedded = settings.embedded
-    return EmbeddedEngine(
-        EmbeddedOptions(
-            workers=embedded.workers,
-            threads_per_worker=embedded.threads_per_worker,
-            voice_model=embedded.voice_model,
-            start_timeout=embedded.start_timeout,
-        ),
-        max_text_chars=settings.limits.max_text_chars,
-        clause_options=clause_options,
-    )
+        return CosyVoiceEngine(options, max_text_chars=limit, clause_options=clause_options(settings))
+    options = options_from(EmbeddedOptions, settings.embedded)
+    return EmbeddedEngine(options, max_text_chars=limit, clause_options=clause_options(settings))
+
+
+def clause_options(settings: Settings) -> ClauseOptions:
+    """Where engines and sessions cut clauses."""
+    engine = settings.engine
+    return ClauseOptions(engine.first_clause_chars, engine.clause_chars, engine.max_clause_chars)
+
+
+def options_from(kind: type[Options], section: BaseModel, **given: Any) -> Options:
+    """An engine's options dataclass with every field not ``given`` from the settings key of the same name.
+
+    An option with no setting of its name is an ``AttributeError`` here, not a default silently kept.
+    """
+    taken = {option.name: getattr(section, option.name) for option in fields(kind) if option.name not in given}
+    return kind(**taken, **given)

@@ -1,5 +1,7 @@
 """One mapping from errors to HTTP answers; two shapes of body.
 
+The service layer raises domain errors (:mod:`cosyvoice.errors`, admission's,
+the synthesizer's); :data:`STATUS` alone turns them into HTTP status codes.
 Client errors are 4xx with a message, never 500. Routes of the OpenAI API
 answer in OpenAI's ``{"error": {"message", "type", "param", "code"}}``
 envelope (and 400, not 422, for schema violations, as OpenAI does); all
@@ -26,11 +28,24 @@ from cosyvoice import (
     VoiceNotFound,
 )
 from gateway.admission import Overloaded, RateLimited
+from gateway.refusals import PathRefused, UploadTooLarge
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
 OPENAI_PATHS = ("/v1/audio/", "/v1/models")
+# Domain errors to HTTP status codes, first match wins: a subclass comes before its base.
+STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (Overloaded, 503),
+    (RateLimited, 429),
+    (VoiceNotFound, 404),
+    (VoiceExists, 409),
+    (UploadTooLarge, 413),
+    (PathRefused, 403),
+    (InvalidRequest, 400),
+    (EngineUnavailable, 503),
+    (EngineFailure, 500),
+)
 
 
 class OpenAIError(Exception):
@@ -52,21 +67,14 @@ def describe(error: Exception) -> tuple[int, str, dict[str, str]]:
         return error.status_code, str(error.detail), dict(error.headers or {})
     if isinstance(error, OpenAIError):
         return error.status, str(error), {}
-    if isinstance(error, Overloaded):
-        return 503, str(error), {"Retry-After": str(error.retry_after)}
-    if isinstance(error, RateLimited):
-        return 429, str(error), {"Retry-After": str(error.retry_after)}
-    if isinstance(error, VoiceNotFound):
-        return 404, str(error), {}
-    if isinstance(error, VoiceExists):
-        return 409, str(error), {}
-    if isinstance(error, InvalidRequest):
-        return 400, str(error), {}
-    if isinstance(error, EngineUnavailable):
-        return 503, str(error), {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    if isinstance(error, EngineFailure):
-        return 500, f"synthesis failed: {error}", {}
-    return 500, "internal error", {}
+    status = next((status for kind, status in STATUS if isinstance(error, kind)), None)
+    if status is None:
+        return 500, "internal error", {}
+    headers = {}
+    if isinstance(error, (Overloaded, RateLimited, EngineUnavailable)):
+        headers["Retry-After"] = str(getattr(error, "retry_after", RETRY_AFTER_SECONDS))
+    message = f"synthesis failed: {error}" if isinstance(error, EngineFailure) else str(error)
+    return status, message, headers
 
 
 async def handle_error(request: Request, error: Exception) -> JSONResponse:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from fastapi import HTTPException
-
-from cosyvoice import AudioStream, InvalidRequest, Mode, SynthesisRequest
-from gateway.admission import RateLimited
+from cosyvoice import AudioStream, InvalidRequest, Mode
+from gateway.admission import Admission, RateLimited
 from gateway.auth import OPERATOR, ApiKey, Caller
+from gateway.engines import clause_options
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
@@ -26,11 +26,11 @@ class SessionSpeech:
         self.transport = transport
 
     def check(self, voice: VoiceSettings) -> None:
-        self.synth.engine.validate(self._request("check", voice))
+        self.synth.validate(self.synth.request("check", voice))
 
     def open(self, text: str, voice: VoiceSettings) -> AudioStream:
         # Sessions report first audio per utterance themselves (from the text that caused it).
-        return self.synth.start(self._request(text, voice), self.transport, first_audio=False)
+        return self.synth.start(self.synth.request(text, voice), self.transport, first_audio=False)
 
     def parse_voice(self, fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
         """Voice settings from a client message or query string, over the current ones."""
@@ -50,32 +50,22 @@ class SessionSpeech:
                 if not isinstance(encoded, str):
                     raise TypeError("prompt_audio_base64 must be a base64 string")
                 changes["prompt_audio"] = self.synth.audio_from_base64(encoded, "prompt_audio_base64")
-        except HTTPException as error:
-            raise InvalidRequest(str(error.detail)) from error
         except (TypeError, ValueError, OverflowError) as error:
             raise InvalidRequest(f"bad voice settings: {error}") from error
         return replace(current, **changes)
-
-    def _request(self, text: str, voice: VoiceSettings) -> SynthesisRequest:
-        return self.synth.request(
-            text,
-            mode=voice.mode,
-            voice=voice.voice,
-            prompt_audio=voice.prompt_audio,
-            prompt_text=voice.prompt_text,
-            instruct_text=voice.instruct_text,
-            speed=voice.speed,
-            seed=voice.seed,
-        )
 
 
 class SessionFactory:
     """Opens sessions for any transport, with the voice a client asked for, and registers them."""
 
-    def __init__(self, synth: Synthesizer, settings: Settings, manager: SessionManager) -> None:
+    def __init__(
+        self, synth: Synthesizer, settings: Settings, manager: SessionManager, admission: Admission, metrics: Metrics
+    ) -> None:
         self.synth = synth
-        self.settings = settings
         self.manager = manager
+        self.admission = admission
+        self.metrics = metrics
+        self.clause_options = clause_options(settings)
         self.limits = SessionLimits(
             max_text_chars=settings.limits.max_session_text_chars,
             max_utterance_chars=settings.limits.max_utterance_chars,
@@ -106,34 +96,29 @@ class SessionFactory:
         telephony = transport in TELEPHONY
         live = sum(self.manager.count(t) for t in (TELEPHONY if telephony else (transport,)))
         capacity_group = "telephony" if telephony else transport
-        self.synth.admission.check_session(capacity_group, live)
+        self.admission.check_session(capacity_group, live)
         if owner is not None and owner.max_sessions:
             owned = sum(1 for s in self.manager.list() if s.owner == owner.name)
             if owned >= owner.max_sessions:
-                self.synth.metrics.rejects.labels("key_sessions").inc()
+                self.metrics.rejects.labels("key_sessions").inc()
                 raise RateLimited(f"key '{owner.name}' already has {owned} live sessions", retry_after=5)
         if session_id is not None and self.manager.get(session_id) is not None:
             raise ValueError(f"a session with id {session_id} is already live")
         caller = caller or (owner.caller if owner is not None else OPERATOR)
         speech = SessionSpeech(self.synth.for_caller(caller), transport)
         # The default voice by name, so that session.created says what the session will sound like.
-        voice = speech.parse_voice(voice_fields, VoiceSettings(voice=self.synth.engine.capabilities.default_voice))
+        voice = speech.parse_voice(voice_fields, VoiceSettings(voice=self.synth.capabilities.default_voice))
         speech.check(voice)
-        engine = self.settings.engine
         session = Session(
             speech,
             transport=transport,
             output_rate=output_rate,
             voice=voice,
-            clause_options={
-                "first_clause_chars": engine.first_clause_chars,
-                "clause_chars": engine.clause_chars,
-                "max_chars": engine.max_clause_chars,
-            },
+            clause_options=self.clause_options,
             session_id=session_id,
             limits=self.limits,
         )
         session.owner = caller.tenant
-        metrics = self.synth.metrics
+        metrics = self.metrics
         session.events.tap = lambda event: metrics.session_event(event, session.transport, session.voice.mode.value)
         return self.manager.add(session)

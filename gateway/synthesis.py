@@ -12,16 +12,18 @@ import base64
 import binascii
 import copy
 import re
+from dataclasses import replace
 from pathlib import Path
 
-from fastapi import HTTPException, UploadFile
+from fastapi import UploadFile
 
-from cosyvoice import Audio, AudioStream, Engine, InvalidRequest, Mode, SynthesisRequest
+from cosyvoice import Audio, AudioStream, Capabilities, Engine, InvalidRequest, SpeechParams, SynthesisRequest
 from cosyvoice.voices import VoiceRegistry, VoiceScope, validate_prompt
 from gateway.admission import Admission
 from gateway.budget import audio_budget
 from gateway.auth import Caller
 from gateway.metrics import Metrics
+from gateway.refusals import PathRefused, UndecodableAudio, UploadTooLarge
 from gateway.settings import Settings
 from media.decode import AudioDecodeError, decode_audio
 
@@ -29,10 +31,6 @@ MAX_SOURCE_SECONDS = 120.0
 # Control characters and unpaired surrogates: nothing an engine can speak, and
 # a NUL or a lone surrogate crashes the embedded voice's worker mid-stream.
 _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-class UndecodableAudio(InvalidRequest):
-    """The client's bytes are not audio we can decode (400 on synthesis routes, 415 on voice routes)."""
 
 
 class Synthesizer:
@@ -58,6 +56,10 @@ class Synthesizer:
         return scoped
 
     @property
+    def capabilities(self) -> Capabilities:
+        return self.engine.capabilities
+
+    @property
     def sample_rate(self) -> int:
         return self.engine.capabilities.sample_rate
 
@@ -66,48 +68,29 @@ class Synthesizer:
         built_in = list(self.engine.capabilities.voices)
         return built_in + [voice for voice in self.registry.ids() if voice not in built_in]
 
-    def request(
-        self,
-        text: str,
-        *,
-        mode: Mode = Mode.SFT,
-        voice: str | None = None,
-        prompt_audio: Audio | None = None,
-        prompt_text: str = "",
-        instruct_text: str = "",
-        source_audio: Audio | None = None,
-        speed: float = 1.0,
-        seed: int = 0,
-        stream: bool = True,
-    ) -> SynthesisRequest:
-        """A request with ``voice`` resolved: a saved voice comes with its prompt."""
-        voice = voice or None
+    def request(self, text: str, params: SpeechParams, *, stream: bool = True) -> SynthesisRequest:
+        """A request with ``params.voice`` resolved: a saved voice comes with its prompt."""
+        voice = params.voice or None
         saved = None
         if voice is not None and voice not in self.engine.capabilities.voices and voice in self.registry:
             saved = self.registry.get(voice)
-        return SynthesisRequest(
-            text=speakable(text),
-            mode=mode,
-            voice=voice,
-            saved_voice=saved,
-            prompt_audio=prompt_audio,
-            prompt_text=speakable(prompt_text),
-            instruct_text=speakable(instruct_text),
-            source_audio=source_audio,
-            speed=speed,
-            seed=seed,
-            stream=stream,
-        )
+        prompt_text, instruct_text = speakable(params.prompt_text), speakable(params.instruct_text)
+        params = replace(params, voice=voice, prompt_text=prompt_text, instruct_text=instruct_text)
+        return SynthesisRequest.of(speakable(text), params, saved_voice=saved, stream=stream)
 
-    async def open(self, text: str, **fields) -> AudioStream:
+    def validate(self, request: SynthesisRequest) -> None:
+        """Raise ``InvalidRequest`` (or ``EngineUnavailable``) if the engine cannot serve ``request``."""
+        self.engine.validate(request)
+
+    async def open(self, text: str, params: SpeechParams, *, stream: bool = True) -> AudioStream:
         """An admitted, measured HTTP synthesis; raises before any audio on bad input or overload.
 
         The request is validated before it queues for a slot, so bad input
         never waits; the slot is held until the stream ends, however it ends,
         and a stream that outlives ``request_timeout`` is cut off.
         """
-        request = self.request(text, **fields)
-        self.engine.validate(request)
+        request = self.request(text, params, stream=stream)
+        self.validate(request)
         slot = await self.admission.synthesis_slot()
         try:
             stream = self.start(request, "http")
@@ -130,7 +113,7 @@ class Synthesizer:
     def audio_from_bytes(self, data: bytes, field: str, *, prompt: bool = True) -> Audio:
         limit = self.settings.limits.max_upload_bytes
         if len(data) > limit:
-            raise HTTPException(413, f"{field} is {len(data)} bytes; the limit is {limit}")
+            raise UploadTooLarge(f"{field} is {len(data)} bytes; the limit is {limit}")
         if not data:
             raise InvalidRequest(f"{field} is empty")
         try:
@@ -147,7 +130,7 @@ class Synthesizer:
 
     def audio_from_base64(self, data: str, field: str, *, prompt: bool = True) -> Audio:
         if len(data) > self.settings.limits.max_upload_bytes * 4 // 3 + 4:
-            raise HTTPException(413, f"{field} is larger than {self.settings.limits.max_upload_bytes} bytes")
+            raise UploadTooLarge(f"{field} is larger than {self.settings.limits.max_upload_bytes} bytes")
         try:
             raw = base64.b64decode(data.split(",", 1)[-1] if data.startswith("data:") else data, validate=True)
         except (binascii.Error, ValueError) as error:
@@ -167,7 +150,7 @@ class Synthesizer:
     def server_path(self, name: str, field: str) -> Path:
         base = self.settings.paths.prompt_dir
         if not base:
-            raise HTTPException(403, f"{field}: server-side paths are disabled; send the audio instead")
+            raise PathRefused(f"{field}: server-side paths are disabled; send the audio instead")
         root = Path(base).expanduser().resolve()
         try:  # a NUL, an unpaired surrogate or an overlong name is the client's mistake
             candidate = (root / name).resolve()  # follows symlinks, so a link out of root is caught
@@ -175,7 +158,7 @@ class Synthesizer:
         except (OSError, ValueError) as error:
             raise InvalidRequest(f"{field}: not a usable file name") from error
         if not candidate.is_relative_to(root):
-            raise HTTPException(403, f"{field}: the path is outside the prompt directory")
+            raise PathRefused(f"{field}: the path is outside the prompt directory")
         if not is_file:
             raise InvalidRequest(f"{field}: no such file in the prompt directory: {name}")
         return candidate

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Protocol
 
-from cosyvoice import Audio, AudioStream, Mode, SynthesisError, WordTiming
-from cosyvoice.text import ClauseSplitter
+from cosyvoice import AudioStream, SpeechParams, SynthesisError, WordTiming
+from cosyvoice.text import ClauseOptions, ClauseSplitter
 from cosyvoice.timing import heard_text
 from media.playout import Frame, PlayoutBuffer, Reached
 from media.resample import StreamResampler
@@ -61,17 +61,8 @@ class Transport(StrEnum):
     AUDIOSOCKET = "audiosocket"
 
 
-@dataclass
-class VoiceSettings:
-    """How a session speaks; any transport can change it between utterances."""
-
-    voice: str | None = None
-    mode: Mode = Mode.SFT
-    speed: float = 1.0
-    seed: int = 0
-    instruct_text: str = ""
-    prompt_text: str = ""
-    prompt_audio: Audio | None = None
+# How a session speaks (the engine's own parameters); any transport can change it between utterances.
+VoiceSettings = SpeechParams
 
 
 class SpeechSource(Protocol):
@@ -169,7 +160,7 @@ class Session:
         transport: Transport,
         output_rate: int,
         voice: VoiceSettings | None = None,
-        clause_options: dict[str, int] | None = None,
+        clause_options: ClauseOptions = ClauseOptions(),
         session_id: str | None = None,
         limits: SessionLimits | None = None,
     ) -> None:
@@ -185,7 +176,7 @@ class Session:
         self.owner: str | None = None  # the API key's name, when keys are on
         self.limits = limits or SessionLimits()
         self._speech = speech
-        self._splitter = ClauseSplitter(**(clause_options or {}))
+        self._splitter = ClauseSplitter(clause_options)
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._current: Utterance | None = None
         self._count = 0

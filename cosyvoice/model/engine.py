@@ -38,7 +38,7 @@ from cosyvoice.runtime.schedule import HopSchedule
 from cosyvoice.runtime.scheduler import Scheduler, TokenStage
 from cosyvoice.runtime.session import END, LLM_DONE, Session
 from cosyvoice.runtime.tokens import TorchTokens
-from cosyvoice.text import split_clauses
+from cosyvoice.text import ClauseOptions, split_clauses
 from cosyvoice.timing import spread, word_spans
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,11 @@ class CosyVoiceEngine(Engine):
     """CosyVoice v1/v2/v3 from a model directory; modes reported per loaded model."""
 
     def __init__(
-        self, options: CosyVoiceOptions, *, max_text_chars: int = 4096, clause_options: dict[str, int] | None = None
+        self, options: CosyVoiceOptions, *, max_text_chars: int = 4096, clause_options: ClauseOptions = ClauseOptions()
     ) -> None:
         super().__init__(max_text_chars=max_text_chars)
         self.options = options
-        self.clause_options = clause_options or {}
+        self.clause_options = clause_options
         self.components: Components | None = None
         self.precision = torch.float32  # what ``dtype`` resolved to, once loaded
         self.scheduler: Scheduler | None = None
@@ -302,7 +302,7 @@ class CosyVoiceEngine(Engine):
         text = request.text.strip()
         if "<|" in text and "|>" in text:  # model markup: keep it whole, as written
             return [text]
-        return split_clauses(self._normalizer(text), **self.clause_options) or [text]
+        return split_clauses(self._normalizer(text), self.clause_options) or [text]
 
     # -- prompts ----------------------------------------------------------------
     @torch.inference_mode()

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from cosyvoice import AudioStream, Mode, UnsupportedMode
+from cosyvoice import AudioStream, Mode, SpeechParams, UnsupportedMode
 from gateway.audio import AudioStreamingResponse
 from gateway.dependencies import get_synthesizer
 from gateway.errors import OpenAIError
@@ -63,7 +63,7 @@ async def speech(body: SpeechRequest, synth: Synthesizer = Depends(get_synthesiz
     voice = voice_for(synth, body.voice.id if isinstance(body.voice, VoiceRef) else body.voice)
     mode, instructions, headers = Mode.SFT, "", {}
     if body.instructions:
-        caps = synth.engine.capabilities
+        caps = synth.capabilities
         wanted = Mode.INSTRUCT2 if voice in synth.registry and voice not in caps.voices else Mode.INSTRUCT
         if wanted in caps.modes:
             mode, instructions = wanted, body.instructions
@@ -71,7 +71,9 @@ async def speech(body: SpeechRequest, synth: Synthesizer = Depends(get_synthesiz
             headers[IGNORED_HEADER] = f"engine '{caps.engine}' has no {wanted.value} mode"
     encoder = open_encoder(body.response_format, synth.sample_rate, output_rate=OUTPUT_RATE)
     try:
-        stream = await synth.open(body.input, mode=mode, voice=voice, instruct_text=instructions, speed=body.speed)
+        stream = await synth.open(
+            body.input, SpeechParams(voice=voice, mode=mode, speed=body.speed, instruct_text=instructions)
+        )
     except UnsupportedMode as error:
         raise OpenAIError(400, str(error), param="instructions" if instructions else "voice") from error
     if body.stream_format == "sse":
@@ -98,17 +100,18 @@ async def models(synth: Synthesizer = Depends(get_synthesizer)) -> dict:
 
 def voice_for(synth: Synthesizer, name: str) -> str:
     """Our voice for a requested name: our own ids first, then OpenAI's names."""
-    built_in = synth.engine.capabilities.voices
+    caps = synth.capabilities
+    built_in = caps.voices
     if name in built_in or name in synth.registry:
         return name
     if name in OPENAI_VOICES:
         preferred = OPENAI_VOICES[name]
-        return preferred if preferred in built_in else (synth.engine.capabilities.default_voice or name)
+        return preferred if preferred in built_in else (caps.default_voice or name)
     raise OpenAIError(400, f"voice '{name}' does not exist; see GET /v1/audio/voices", param="voice")
 
 
 def _model_ids(synth: Synthesizer) -> list[str]:
-    return [*OPENAI_MODELS, "cosyvoice", synth.engine.capabilities.model]
+    return [*OPENAI_MODELS, "cosyvoice", synth.capabilities.model]
 
 
 def _sse_response(stream: AudioStream, encoder: StreamEncoder, text: str, headers: dict[str, str]) -> Response:

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from cosyvoice import Mode
+from cosyvoice import Mode, SpeechParams
+from cosyvoice.voices import VoiceScope
 from gateway.audio import AudioStreamingResponse
-from gateway.dependencies import get_synthesizer
+from gateway.dependencies import get_registry, get_settings, get_synthesizer
+from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 from media.containers import PcmEncoder, open_encoder
 
@@ -22,6 +24,10 @@ class Common(BaseModel):
     stream: bool = False
     speed: float = Field(1.0, ge=0.5, le=2.0)
     seed: int = Field(0, ge=0)
+
+    def params(self, **how) -> SpeechParams:
+        """This request's speed and seed with the route's voice and mode."""
+        return SpeechParams(speed=self.speed, seed=self.seed, **how)
 
 
 class SftRequest(Common):
@@ -49,12 +55,12 @@ async def available_speakers(synth: Synthesizer = Depends(get_synthesizer)) -> d
 
 @router.post("/tts", response_class=Response)
 async def tts(body: SftRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
-    return await _mp3(synth, body, voice=body.spk_id)
+    return await _mp3(synth, body, body.params(voice=body.spk_id))
 
 
 @router.post("/tts/pcm", response_class=Response)
 async def tts_pcm(body: SftRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
-    stream = await synth.open(body.tts_text, voice=body.spk_id, speed=body.speed, seed=body.seed, stream=body.stream)
+    stream = await synth.open(body.tts_text, body.params(voice=body.spk_id), stream=body.stream)
     headers = {
         "X-Sample-Rate": str(stream.sample_rate),
         "X-Channels": "1",
@@ -67,20 +73,20 @@ async def tts_pcm(body: SftRequest, synth: Synthesizer = Depends(get_synthesizer
 @router.post("/tts/zero_shot", response_class=Response)
 async def tts_zero_shot(body: ZeroShotRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     prompt = synth.audio_from_base64(body.prompt_audio_base64, "prompt_audio_base64")
-    return await _mp3(synth, body, mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=body.prompt_text)
+    return await _mp3(synth, body, body.params(mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=body.prompt_text))
 
 
 @router.post("/tts/cross_lingual", response_class=Response)
 async def tts_cross_lingual(body: CrossLingualRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     prompt = synth.audio_from_base64(body.prompt_audio_base64, "prompt_audio_base64")
-    return await _mp3(synth, body, mode=Mode.CROSS_LINGUAL, prompt_audio=prompt)
+    return await _mp3(synth, body, body.params(mode=Mode.CROSS_LINGUAL, prompt_audio=prompt))
 
 
 @router.post("/tts/instruct", response_class=Response)
 async def tts_instruct(body: InstructRequest, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     if not body.instruct_text:
-        return await _mp3(synth, body, voice=body.spk_id)
-    return await _mp3(synth, body, mode=Mode.INSTRUCT, voice=body.spk_id, instruct_text=body.instruct_text)
+        return await _mp3(synth, body, body.params(voice=body.spk_id))
+    return await _mp3(synth, body, body.params(mode=Mode.INSTRUCT, voice=body.spk_id, instruct_text=body.instruct_text))
 
 
 @router.post("/clone")
@@ -89,22 +95,27 @@ async def clone(
     spk_id: str = Form(...),
     prompt_audio: UploadFile = File(...),
     synth: Synthesizer = Depends(get_synthesizer),
+    registry: VoiceScope = Depends(get_registry),
 ) -> dict:
     """Save an uploaded prompt as a voice, usable as ``spk_id`` from now on (also after a restart)."""
     audio = await synth.audio_from_upload(prompt_audio, "prompt_audio")
-    synth.registry.create(spk_id, audio, prompt_text, source="clone")
+    registry.create(spk_id, audio, prompt_text, source="clone")
     return {"status": "success", "message": f"voice '{spk_id}' saved", "spk_id": spk_id}
 
 
 @router.post("/upload_audio")
-async def upload_audio(file: UploadFile = File(...), synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+async def upload_audio(
+    file: UploadFile = File(...),
+    synth: Synthesizer = Depends(get_synthesizer),
+    settings: Settings = Depends(get_settings),
+) -> dict:
     """Check that an upload is decodable audio and hand it back as base64 (for the JSON routes)."""
-    data = await file.read(synth.settings.limits.max_upload_bytes + 1)
+    data = await file.read(settings.limits.max_upload_bytes + 1)
     synth.audio_from_bytes(data, "file", prompt=False)
     return {"filename": file.filename, "audio_base64": base64.b64encode(data).decode()}
 
 
-async def _mp3(synth: Synthesizer, body: Common, **fields) -> Response:
+async def _mp3(synth: Synthesizer, body: Common, params: SpeechParams) -> Response:
     encoder = open_encoder("mp3", synth.sample_rate)
-    stream = await synth.open(body.tts_text, speed=body.speed, seed=body.seed, stream=body.stream, **fields)
+    stream = await synth.open(body.tts_text, params, stream=body.stream)
     return AudioStreamingResponse(stream, encoder, {"Content-Disposition": "attachment; filename=tts.mp3"})

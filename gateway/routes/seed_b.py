@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
-from cosyvoice import Mode
+from cosyvoice import Mode, SpeechParams
 from gateway.audio import AudioStreamingResponse
 from gateway.dependencies import get_synthesizer
 from gateway.synthesis import Synthesizer
@@ -35,36 +35,37 @@ def _get_and_post(path: str):
 @_get_and_post("/inference_sft")
 async def inference_sft(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "spk_id")
-    return await _pcm(synth, fields["tts_text"], voice=fields["spk_id"])
+    return await _pcm(synth, fields["tts_text"], SpeechParams(voice=fields["spk_id"]))
 
 
 @_get_and_post("/inference_zero_shot")
 async def inference_zero_shot(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "prompt_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
-    return await _pcm(synth, fields["tts_text"], mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=fields["prompt_text"])
+    params = SpeechParams(mode=Mode.ZERO_SHOT, prompt_audio=prompt, prompt_text=fields["prompt_text"])
+    return await _pcm(synth, fields["tts_text"], params)
 
 
 @_get_and_post("/inference_cross_lingual")
 async def inference_cross_lingual(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
-    return await _pcm(synth, fields["tts_text"], mode=Mode.CROSS_LINGUAL, prompt_audio=prompt)
+    return await _pcm(synth, fields["tts_text"], SpeechParams(mode=Mode.CROSS_LINGUAL, prompt_audio=prompt))
 
 
 @_get_and_post("/inference_instruct")
 async def inference_instruct(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "spk_id", "instruct_text")
-    return await _pcm(synth, fields["tts_text"], mode=Mode.INSTRUCT, voice=fields["spk_id"], instruct_text=fields["instruct_text"])
+    params = SpeechParams(mode=Mode.INSTRUCT, voice=fields["spk_id"], instruct_text=fields["instruct_text"])
+    return await _pcm(synth, fields["tts_text"], params)
 
 
 @_get_and_post("/inference_instruct2")
 async def inference_instruct2(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
     fields = await _fields(request, "tts_text", "instruct_text", "prompt_wav")
     prompt = await synth.audio_from_upload(fields["prompt_wav"], "prompt_wav")
-    return await _pcm(
-        synth, fields["tts_text"], mode=Mode.INSTRUCT2, prompt_audio=prompt, instruct_text=fields["instruct_text"]
-    )
+    params = SpeechParams(mode=Mode.INSTRUCT2, prompt_audio=prompt, instruct_text=fields["instruct_text"])
+    return await _pcm(synth, fields["tts_text"], params)
 
 
 async def _fields(request: Request, *names: str) -> dict:
@@ -83,8 +84,8 @@ async def _fields(request: Request, *names: str) -> dict:
     return values
 
 
-async def _pcm(synth: Synthesizer, text: str, **fields) -> Response:
-    stream = await synth.open(text, **fields)
+async def _pcm(synth: Synthesizer, text: str, params: SpeechParams) -> Response:
+    stream = await synth.open(text, params)
     return AudioStreamingResponse(
         stream, PcmEncoder(stream.sample_rate), {"X-Sample-Rate": str(stream.sample_rate)},
         media_type="application/octet-stream",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, HTTPException, Request, WebSocket
+from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
@@ -23,13 +23,13 @@ from starlette.requests import HTTPConnection
 from cosyvoice import InvalidRequest
 from gateway.admission import Overloaded, RateLimited
 from gateway.auth import accept, caller_of
+from gateway.dependencies import get_services
 from gateway.errors import RETRY_AFTER_SECONDS
-from gateway.settings import Settings
+from gateway.services import Services
 from gateway.streaming import SEND_TIMEOUT, BoundedStreamingResponse
 from gateway.ws_errors import close_code
 from signaling.closecodes import CloseCode
 from signaling.events import TooManySubscribers
-from signaling.manager import SessionManager
 from signaling.protocol import ProtocolError
 from signaling.session import QueueFull, Session, SessionClosed, TextTooLong, Transport
 from signaling.websocket import AudioFormat, WebSocketTransport
@@ -47,16 +47,16 @@ class Say(BaseModel):
 
 
 @router.websocket("/ws/v1/session")
-async def websocket_session(websocket: WebSocket) -> None:
+async def websocket_session(websocket: WebSocket, services: Services = Depends(get_services)) -> None:
     """Query: ``format`` (pcm|opus), ``sample_rate`` (pcm), ``voice``, ``mode``, ``speed``, ``text`` (first words)."""
-    settings: Settings = websocket.app.state.settings
+    settings = services.settings
     query = websocket.query_params
     await accept(websocket)
     try:
         audio = AudioFormat.from_query(query.get("format"), query.get("sample_rate"))
         if len(query.get("text") or "") > (most := settings.limits.max_session_text_chars):
             raise ProtocolError(f"text of more than {most} characters; send it in messages")
-        session = websocket.app.state.session_factory.open(
+        session = services.session_factory.open(
             Transport.WEBSOCKET, audio.sample_rate, dict(query), owner=websocket.scope.get("state", {}).get("api_key")
         )
     except (ProtocolError, InvalidRequest, Overloaded, RateLimited) as error:
@@ -67,7 +67,7 @@ async def websocket_session(websocket: WebSocket) -> None:
         websocket,
         session,
         audio,
-        websocket.app.state.session_factory.parse_voice,
+        services.session_factory.parse_voice,
         lead=settings.session.lead_ms / 1000,
         opus_bitrate=settings.session.opus_bitrate,
     )
@@ -75,9 +75,9 @@ async def websocket_session(websocket: WebSocket) -> None:
 
 
 @router.get("/v1/sessions")
-async def list_sessions(request: Request) -> dict:
+async def list_sessions(request: Request, services: Services = Depends(get_services)) -> dict:
     caller = caller_of(request)
-    return {"sessions": [session.describe() for session in request.app.state.sessions.list() if caller.owns(session.owner)]}
+    return {"sessions": [session.describe() for session in services.sessions.list() if caller.owns(session.owner)]}
 
 
 @router.get("/v1/sessions/{session_id}")
@@ -175,6 +175,5 @@ def _session(request: Request, session_id: str) -> Session:
 
 def _find(connection: HTTPConnection, session_id: str) -> Session | None:
     """The session, if it exists for this caller (another tenant's does not)."""
-    manager: SessionManager = connection.app.state.sessions
-    session = manager.get(session_id)
+    session = get_services(connection).sessions.get(session_id)
     return session if session is not None and caller_of(connection).owns(session.owner) else None

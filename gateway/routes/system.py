@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from cosyvoice import Engine
 from gateway import NAME, __version__
-from gateway.dependencies import get_engine
+from gateway.dependencies import get_services
+from gateway.services import Services
 
 router = APIRouter(tags=["system"])
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -28,14 +28,15 @@ async def console() -> FileResponse:
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=False)
-async def metrics(request: Request) -> Response:
+async def metrics(services: Services = Depends(get_services)) -> Response:
     """Prometheus metrics (public only if ``auth.metrics_public``)."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/health")
-async def health(request: Request, engine: Engine = Depends(get_engine)) -> JSONResponse:
+async def health(services: Services = Depends(get_services)) -> JSONResponse:
     """200 only when the engine is loaded and answering; 503 while loading or broken."""
+    engine = services.engine
     caps = engine.capabilities
     body = {
         "gpu": caps.gpu,
@@ -46,7 +47,7 @@ async def health(request: Request, engine: Engine = Depends(get_engine)) -> JSON
     }
     if engine.ready and await engine.probe():
         return JSONResponse({"status": "ok", **body})
-    failure = request.app.state.engine_failure
+    failure = services.engine_status.failure
     if failure is not None:
         return JSONResponse({"status": "error", "detail": failure, **body}, status_code=503)
     return JSONResponse({"status": "loading", **body}, status_code=503, headers={"Retry-After": "1"})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from xml.sax.saxutils import quoteattr
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket
+from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
 from fastapi.responses import Response
 
 from gateway.auth import NOBODY, accept, caller_of
+from gateway.dependencies import get_services, get_settings
+from gateway.services import Services
 from gateway.settings import Settings
 from media import vad
 from signaling.audiosocket import AudioSocketCall, AudioSocketServer
@@ -25,13 +27,12 @@ STREAM_PARAMETERS = ("voice", "text", "mode", "speed", "instruct_text")
 
 
 @router.post("/v1/telephony/twilio/voice", response_class=Response)
-async def twilio_voice(request: Request) -> Response:
+async def twilio_voice(request: Request, settings: Settings = Depends(get_settings)) -> Response:
     """TwiML that connects the call to our Media Streams socket.
 
     Query parameters ``voice``, ``text`` (what the call says first), ``mode``,
     ``speed`` and ``instruct_text`` become the stream's custom parameters.
     """
-    settings: Settings = request.app.state.settings
     signing = _signing(settings)
     if signing.enabled:
         params, body = await _signed_content(request)
@@ -51,9 +52,8 @@ async def twilio_voice(request: Request) -> Response:
 
 
 @router.websocket(STREAM_PATH)
-async def twilio_stream(websocket: WebSocket) -> None:
-    app = websocket.app
-    settings: Settings = app.state.settings
+async def twilio_stream(websocket: WebSocket, services: Services = Depends(get_services)) -> None:
+    settings = services.settings
     signing = _signing(settings)
     if signing.enabled:
         url = _public_url(websocket, settings).replace("http", "ws", 1)
@@ -64,27 +64,27 @@ async def twilio_stream(websocket: WebSocket) -> None:
     await accept(websocket)
     # Twilio's own call is the carrier's (see telephony_caller); with no auth token the socket needed a key, whose call it is.
     caller = caller_of(websocket)
-    caller = app.state.telephony_caller if caller == NOBODY else caller
+    caller = services.telephony_caller if caller == NOBODY else caller
     key = websocket.scope.get("state", {}).get("api_key")
     call = TwilioCall(
         websocket,
-        lambda parameters: app.state.session_factory.open(Transport.TWILIO, 8000, parameters, owner=key, caller=caller),
+        lambda parameters: services.session_factory.open(Transport.TWILIO, 8000, parameters, owner=key, caller=caller),
         lead=settings.session.lead_ms / 1000,
         barge_in=settings.telephony.barge_in and vad.available(),
     )
     await call.run()
 
 
-def audiosocket_server(app: FastAPI) -> AudioSocketServer:
-    settings: Settings = app.state.settings
+def audiosocket_server(services: Services) -> AudioSocketServer:
+    settings = services.settings
     telephony = settings.telephony
 
     def make_call(reader, writer) -> AudioSocketCall:
         return AudioSocketCall(
             reader,
             writer,
-            lambda call_id, rate: app.state.session_factory.open(
-                Transport.AUDIOSOCKET, rate, {}, session_id=call_id, caller=app.state.telephony_caller
+            lambda call_id, rate: services.session_factory.open(
+                Transport.AUDIOSOCKET, rate, {}, session_id=call_id, caller=services.telephony_caller
             ),
             lead=settings.session.lead_ms / 1000,
             barge_in=telephony.barge_in and vad.available(),

@@ -8,13 +8,13 @@ import contextlib
 import json
 import logging
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
+from fastapi import APIRouter, Depends, Request, Response, WebSocket
 from pydantic import BaseModel, Field, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from cosyvoice import Audio, AudioStream, Mode, SynthesisError
+from cosyvoice import Audio, AudioStream, Mode, SpeechParams, SynthesisError
 from gateway.audio import AudioStreamingResponse, collect_audio
-from gateway.dependencies import get_synthesizer, synthesizer_for
+from gateway.dependencies import get_synthesizer
 from gateway.admission import Overloaded
 from gateway.auth import accept
 from gateway.streaming import SEND_TIMEOUT
@@ -69,9 +69,8 @@ async def tts_stream(body: TtsRequest, synth: Synthesizer = Depends(get_synthesi
 
 
 @router.websocket("/ws/v1/tts")
-async def ws_tts(websocket: WebSocket) -> None:
+async def ws_tts(websocket: WebSocket, synth: Synthesizer = Depends(get_synthesizer)) -> None:
     """One JSON config in (the ``/v1/tts`` fields); binary s16le frames out; then ``{"done": true}``."""
-    synth = synthesizer_for(websocket)
     await accept(websocket)
     try:
         async with asyncio.timeout(CONFIG_TIMEOUT):
@@ -83,7 +82,7 @@ async def ws_tts(websocket: WebSocket) -> None:
         await websocket.send_json({"error": f"no config within {CONFIG_TIMEOUT:g} s", "done": True})
         await websocket.close(code=CloseCode.POLICY_VIOLATION)
         return
-    except (ValidationError, ValueError, SynthesisError, HTTPException, Overloaded) as error:
+    except (ValidationError, ValueError, SynthesisError, Overloaded) as error:
         await websocket.send_json({"error": _message(error), "done": True})
         await websocket.close(code=CloseCode.POLICY_VIOLATION)
         return
@@ -136,18 +135,17 @@ async def _send_until_disconnect(websocket: WebSocket, stream: AudioStream) -> b
 
 
 async def _open(synth: Synthesizer, body: TtsRequest, *, streaming: bool) -> AudioStream:
-    return await synth.open(
-        body.text,
-        mode=body.mode,
+    params = SpeechParams(
         voice=body.speaker,
-        prompt_audio=_audio(synth, body.prompt_audio_base64, body.prompt_wav_path, "prompt"),
-        prompt_text=body.prompt_text,
-        instruct_text=body.instruct_text,
-        source_audio=_audio(synth, body.source_audio_base64, body.source_wav_path, "source", prompt=False),
+        mode=body.mode,
         speed=body.speed,
         seed=body.seed,
-        stream=streaming,
+        instruct_text=body.instruct_text,
+        prompt_text=body.prompt_text,
+        prompt_audio=_audio(synth, body.prompt_audio_base64, body.prompt_wav_path, "prompt"),
+        source_audio=_audio(synth, body.source_audio_base64, body.source_wav_path, "source", prompt=False),
     )
+    return await synth.open(body.text, params, stream=streaming)
 
 
 def _audio(synth: Synthesizer, encoded: str, path: str, what: str, *, prompt: bool = True) -> Audio | None:
@@ -165,6 +163,4 @@ def _pcm_response(stream: AudioStream) -> Response:
 def _message(error: Exception) -> str:
     if isinstance(error, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
-    if isinstance(error, HTTPException):
-        return str(error.detail)
     return str(error)

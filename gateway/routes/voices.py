@@ -19,10 +19,13 @@ from starlette.datastructures import UploadFile as FormFile
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from cosyvoice.voices import check_id
+from cosyvoice.voices import VoiceScope, check_id
 from gateway.auth import caller_of
-from gateway.dependencies import get_synthesizer
-from gateway.synthesis import Synthesizer, UndecodableAudio
+from gateway.dependencies import get_registry, get_services, get_settings, get_synthesizer
+from gateway.services import Services
+from gateway.settings import Settings
+from gateway.refusals import UndecodableAudio
+from gateway.synthesis import Synthesizer
 from media.containers import wav_bytes
 
 router = APIRouter(prefix="/v1/voices", tags=["voices"])
@@ -47,15 +50,19 @@ class VoiceChange(BaseModel):
 
 
 @router.get("")
-async def list_voices(synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+async def list_voices(
+    synth: Synthesizer = Depends(get_synthesizer), registry: VoiceScope = Depends(get_registry)
+) -> dict:
     return {
-        "builtin": list(synth.engine.capabilities.voices),
-        "voices": [info.as_dict() for info in synth.registry.list()],
+        "builtin": list(synth.capabilities.voices),
+        "voices": [info.as_dict() for info in registry.list()],
     }
 
 
 @router.post("", status_code=201)
-async def create_voice(request: Request, synth: Synthesizer = Depends(get_synthesizer)) -> dict:
+async def create_voice(
+    request: Request, synth: Synthesizer = Depends(get_synthesizer), registry: VoiceScope = Depends(get_registry)
+) -> dict:
     """Multipart (``id``, ``prompt_text``, ``audio`` file) or JSON (``id``, ``prompt_text``, ``audio_base64``).
 
     Undecodable audio is 415; audio that decodes but is unfit as a prompt is 400.
@@ -79,16 +86,16 @@ async def create_voice(request: Request, synth: Synthesizer = Depends(get_synthe
             raise HTTPException(415, "send multipart/form-data or application/json")
     except UndecodableAudio as error:
         raise HTTPException(415, str(error)) from error
-    return synth.registry.create(voice_id, audio, prompt_text).as_dict()
+    return registry.create(voice_id, audio, prompt_text).as_dict()
 
 
 @router.get("/export", response_class=Response)
-async def export_spk2info(synth: Synthesizer = Depends(get_synthesizer)) -> Response:
+async def export_spk2info(registry: VoiceScope = Depends(get_registry)) -> Response:
     """Saved voices that carry CosyVoice speaker features, as a ``spk2info.pt`` file."""
     torch = _torch()
     entries = {}
-    for voice_id in synth.registry.ids():
-        features = synth.registry.get(voice_id).features.get(SPK2INFO_KEY)
+    for voice_id in registry.ids():
+        features = registry.get(voice_id).features.get(SPK2INFO_KEY)
         if features:
             entries[voice_id] = {name: torch.from_numpy(np.asarray(value)) for name, value in features.items()}
     buffer = io.BytesIO()
@@ -102,7 +109,10 @@ async def export_spk2info(synth: Synthesizer = Depends(get_synthesizer)) -> Resp
 
 @router.post("/import")
 async def import_spk2info(
-    file: UploadFile = File(...), replace: bool = Form(False), synth: Synthesizer = Depends(get_synthesizer)
+    file: UploadFile = File(...),
+    replace: bool = Form(False),
+    registry: VoiceScope = Depends(get_registry),
+    settings: Settings = Depends(get_settings),
 ) -> dict:
     """Add the entries of a CosyVoice ``spk2info.pt`` (a dict of speaker id -> dict of tensors), all or none.
 
@@ -112,8 +122,8 @@ async def import_spk2info(
     removed again.
     """
     torch = _torch()
-    data = await file.read(synth.settings.limits.max_upload_bytes + 1)
-    if len(data) > synth.settings.limits.max_upload_bytes:
+    data = await file.read(settings.limits.max_upload_bytes + 1)
+    if len(data) > settings.limits.max_upload_bytes:
         raise HTTPException(413, "spk2info file too large")
     try:
         entries = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -127,31 +137,31 @@ async def import_spk2info(
         voices = {_speaker_id(voice_id): _arrays(torch, voice_id, entry) for voice_id, entry in entries.items()}
     except (TypeError, RuntimeError) as error:
         raise HTTPException(415, f"spk2info.pt holds a tensor that cannot be stored: {error}") from error
-    existing = [voice_id for voice_id in voices if voice_id in synth.registry]
+    existing = [voice_id for voice_id in voices if voice_id in registry]
     if existing and not replace:
         raise HTTPException(409, f"voices already exist: {', '.join(existing)} (send replace=true to overwrite them)")
     saved: list[str] = []
     try:
         for voice_id in sorted(voices, key=lambda voice_id: voice_id in existing):  # new ones first
-            synth.registry.create(voice_id, None, features={SPK2INFO_KEY: voices[voice_id]}, source="spk2info", replace=replace)
+            registry.create(voice_id, None, features={SPK2INFO_KEY: voices[voice_id]}, source="spk2info", replace=replace)
             if voice_id not in existing:
                 saved.append(voice_id)
     except BaseException:
         for voice_id in saved:
             with contextlib.suppress(Exception):
-                synth.registry.delete(voice_id)
+                registry.delete(voice_id)
         raise
     return {"imported": list(voices)}
 
 
 @router.get("/{voice_id}")
-async def get_voice(voice_id: str, synth: Synthesizer = Depends(get_synthesizer)) -> dict:
-    return synth.registry.info(voice_id).as_dict()
+async def get_voice(voice_id: str, registry: VoiceScope = Depends(get_registry)) -> dict:
+    return registry.info(voice_id).as_dict()
 
 
 @router.get("/{voice_id}/audio", response_class=Response)
-async def get_voice_audio(voice_id: str, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
-    audio = synth.registry.get(voice_id).prompt_audio
+async def get_voice_audio(voice_id: str, registry: VoiceScope = Depends(get_registry)) -> Response:
+    audio = registry.get(voice_id).prompt_audio
     if audio is None:
         raise HTTPException(404, f"voice '{voice_id}' has no prompt audio (imported features only)")
     return Response(wav_bytes(audio.samples, audio.sample_rate), media_type="audio/wav")
@@ -159,26 +169,30 @@ async def get_voice_audio(voice_id: str, synth: Synthesizer = Depends(get_synthe
 
 @router.patch("/{voice_id}")
 async def change_voice(
-    voice_id: str, body: VoiceChange, request: Request, synth: Synthesizer = Depends(get_synthesizer)
+    voice_id: str,
+    body: VoiceChange,
+    request: Request,
+    registry: VoiceScope = Depends(get_registry),
+    services: Services = Depends(get_services),
 ) -> dict:
     """Rename (``id``) and, with an admin key, hand to another tenant (``owner``)."""
     if body.id is None and "owner" not in body.model_fields_set:
         raise HTTPException(422, "send a new 'id', or (admin keys) an 'owner'")
-    info = synth.registry.info(voice_id)
+    info = registry.info(voice_id)
     if "owner" in body.model_fields_set:
         if not caller_of(request).admin:
             raise HTTPException(403, "only admin keys change a voice's owner")
-        if body.owner is not None and body.owner not in request.app.state.keys.names():
+        if body.owner is not None and body.owner not in services.keys.names():
             raise HTTPException(400, f"owner '{body.owner}' is the name of no API key")
-        info = synth.registry.set_owner(voice_id, body.owner)
+        info = registry.set_owner(voice_id, body.owner)
     if body.id is not None:
-        info = synth.registry.rename(voice_id, body.id)
+        info = registry.rename(voice_id, body.id)
     return info.as_dict()
 
 
 @router.delete("/{voice_id}", status_code=204, response_class=Response)
-async def delete_voice(voice_id: str, synth: Synthesizer = Depends(get_synthesizer)) -> Response:
-    synth.registry.delete(voice_id)
+async def delete_voice(voice_id: str, registry: VoiceScope = Depends(get_registry)) -> Response:
+    registry.delete(voice_id)
     return Response(status_code=204)
 
 

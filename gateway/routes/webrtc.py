@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from cosyvoice import InvalidRequest
 from gateway.auth import caller_of
-from gateway.settings import Settings
+from gateway.dependencies import get_services
+from gateway.services import Services
 from signaling.offers import OfferError, SendOnlyOffer
 from signaling.session import Session, TextTooLong, Transport
 from signaling.webrtc import OUTPUT_RATE, WebRTCPeer, ice_servers
@@ -65,31 +66,31 @@ class Offer(BaseModel):
 
 
 @router.post("/v1/webrtc/offer")
-async def offer(body: Offer, request: Request) -> dict:
+async def offer(body: Offer, request: Request, services: Services = Depends(get_services)) -> dict:
     """``{sdp, type}`` (plus optional voice settings and first text) to ``{sdp, type, session_id}``."""
-    session, answer = await _answer(request, body.sdp, body.type, body.model_dump(exclude={"sdp", "type"}))
+    session, answer = await _answer(request, services, body.sdp, body.type, body.model_dump(exclude={"sdp", "type"}))
     return {"sdp": answer.sdp, "type": answer.type, "session_id": session.id}
 
 
 @router.post(WHEP, status_code=201, response_class=Response)
-async def whep(request: Request) -> Response:
+async def whep(request: Request, services: Services = Depends(get_services)) -> Response:
     """WHEP playback: an ``application/sdp`` offer to receive audio in, ``201 Created`` with the answer and
     the session's ``Location`` out. Query: ``voice``, ``mode``, ``speed``, ``text`` (first words)."""
-    return await _create_resource(request, WHEP)
+    return await _create_resource(request, services, WHEP)
 
 
 @router.post(WHIP, status_code=201, response_class=Response)
-async def whip(request: Request) -> Response:
+async def whip(request: Request, services: Services = Depends(get_services)) -> Response:
     """WHIP's exchange for clients whose offer receives audio (a send-only ingest offer is refused: use WHEP)."""
-    return await _create_resource(request, WHIP)
+    return await _create_resource(request, services, WHIP)
 
 
 @router.delete(WHEP + "/{session_id}", response_class=Response)
 @router.delete(WHIP + "/{session_id}", response_class=Response)
-async def delete_resource(session_id: str, request: Request) -> Response:
+async def delete_resource(session_id: str, request: Request, services: Services = Depends(get_services)) -> Response:
     """End the session (200); an id issued lately whose session already ended is a 200 too (DELETE is idempotent)."""
     caller = caller_of(request)
-    session = request.app.state.sessions.get(session_id)
+    session = services.sessions.get(session_id)
     if session is not None and session.transport is Transport.WEBRTC and caller.owns(session.owner):
         await session.close("WHEP/WHIP resource deleted")
         return Response(status_code=200)
@@ -106,13 +107,13 @@ async def patch_resource(session_id: str) -> Response:
     return Response(status_code=405, headers={"Allow": "DELETE"})
 
 
-async def _create_resource(request: Request, base: str) -> Response:
+async def _create_resource(request: Request, services: Services, base: str) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != SDP:
         raise HTTPException(415, f"offers to {base} are {SDP}")
     sdp = (await request.body()).decode(errors="replace")
-    session, answer = await _answer(request, sdp, "offer", dict(request.query_params))
+    session, answer = await _answer(request, services, sdp, "offer", dict(request.query_params))
     headers = {"Location": f"{base}/{session.id}"}
-    link = _ice_server_links(request.app.state.settings.webrtc.ice_servers)
+    link = _ice_server_links(services.settings.webrtc.ice_servers)
     if link:
         headers["Link"] = link
     return Response(answer.sdp, status_code=201, media_type=SDP, headers=headers)
@@ -129,10 +130,12 @@ def _ice_server_links(urls: list[str]) -> str:
     return ", ".join(links)
 
 
-async def _answer(request: Request, sdp: str, kind: str, fields: dict) -> tuple[Session, object]:
-    settings: Settings = request.app.state.settings
+async def _answer(
+    request: Request, services: Services, sdp: str, kind: str, fields: dict
+) -> tuple[Session, object]:
+    settings = services.settings
     try:
-        session = request.app.state.session_factory.open(
+        session = services.session_factory.open(
             Transport.WEBRTC,
             OUTPUT_RATE,
             {k: v for k, v in fields.items() if v is not None},
@@ -143,7 +146,7 @@ async def _answer(request: Request, sdp: str, kind: str, fields: dict) -> tuple[
     try:
         peer = WebRTCPeer(
             session,
-            request.app.state.session_factory.parse_voice,
+            services.session_factory.parse_voice,
             ice=settings.webrtc.ice_servers,
             bitrate=settings.session.opus_bitrate,
             connect_timeout=settings.webrtc.connect_timeout,

@@ -11,6 +11,7 @@ import pytest
 from cosyvoice.engine import Audio, Mode, SavedVoice, SynthesisRequest
 from cosyvoice.errors import UnsupportedMode
 from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
+from cosyvoice.text import ClauseOptions
 
 RATE = 24000
 PROMPT = Audio((0.3 * np.sin(np.arange(32000) / 16000 * 2 * np.pi * 180)).astype(np.float32), 16000)
@@ -19,7 +20,9 @@ TEXT = "Hello there, this is a test of the tiny model."
 
 @pytest.fixture
 async def engine(model_dirs):
-    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[2]), device="cpu"), clause_options={"first_clause_chars": 10})
+    engine = CosyVoiceEngine(
+        CosyVoiceOptions(str(model_dirs[2]), device="cpu"), clause_options=ClauseOptions(first_clause_chars=10)
+    )
     await engine.start()
     yield engine
     await engine.close()
@@ -219,7 +222,9 @@ async def test_v1_sft_and_instruct(model_dirs, tmp_path):
 
 
 async def test_v1_streams_in_overlapping_windows(model_dirs):
-    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[1]), device="cpu"), clause_options={"max_chars": 1000})
+    engine = CosyVoiceEngine(
+        CosyVoiceOptions(str(model_dirs[1]), device="cpu"), clause_options=ClauseOptions(max_chars=1000)
+    )
     await engine.start()
     try:
         llm = engine.components.llm

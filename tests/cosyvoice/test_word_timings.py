@@ -6,6 +6,7 @@ import pytest
 
 from cosyvoice.engine import Mode, SynthesisRequest
 from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
+from cosyvoice.text import ClauseOptions
 from cosyvoice.timing import TimingSource, word_spans
 
 TEXT = "Hello there, this is a test of the tiny model. It speaks two sentences."
@@ -14,7 +15,7 @@ TEXT = "Hello there, this is a test of the tiny model. It speaks two sentences."
 @pytest.mark.parametrize("generation,stream,speed", [(2, True, 1.0), (2, False, 1.5), (1, True, 1.0), (3, True, 1.0)])
 async def test_timings_are_estimated_ordered_and_cover_the_audio(model_dirs, generation, stream, speed) -> None:
     options = CosyVoiceOptions(str(model_dirs[generation]), device="cpu")
-    engine = CosyVoiceEngine(options, clause_options={"first_clause_chars": 10})
+    engine = CosyVoiceEngine(options, clause_options=ClauseOptions(first_clause_chars=10))
     await engine.start()
     try:
         request = SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=3, stream=stream, speed=speed)
