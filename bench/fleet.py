@@ -1,7 +1,8 @@
 """The engine pool on Ray Serve against the local engine, on this machine's local Ray cluster.
 
 1. Time to first audio of a short sentence, one request at a time: the embedded voice in this
-   process, then through a one-replica pool (the same engine behind a streaming handle); p50 added.
+   process and through a one-replica pool (the same engine behind a streaming handle), in turn, so
+   both see the same load from whatever else runs; the p50 of what each pair's pool request added.
 2. Aggregate real-time streams: ``--streams`` concurrent requests of a long text, through a pool of
    one replica and of two; audio seconds made per wall second (each replica runs one Piper worker).
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -25,7 +27,7 @@ from ray import serve  # noqa: E402
 from cosyvoice import Engine, SynthesisRequest  # noqa: E402
 from gateway.engines import build_engine  # noqa: E402
 from gateway.pool import pool_application, pool_engine  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
+from gateway.settings import EngineSettings, Settings  # noqa: E402
 
 SHORT = "Hello there, how are you today?"
 LONG = (
@@ -72,25 +74,35 @@ def p50_ms(times: list[float]) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
-async def run_local(rounds: int) -> list[float]:
-    local = settings(1).model_copy(update={"engine": settings(1).engine.model_copy(update={"backend": "local"})})
-    engine = build_engine(local)
-    await engine.start()
+async def run_first_audio(rounds: int) -> tuple[list[float], list[float]]:
+    """First audio from the local engine and from a one-replica pool, request by request in turn,
+    so both see the same load from whatever else this machine runs."""
+    serve.run(pool_application(settings(1)), name="bench", route_prefix=None)
+    local = build_engine(settings(1).model_copy(update={"engine": EngineSettings(backend="local")}))
+    pool = pool_engine(settings(1))
+    await local.start()
+    await pool.start()
     try:
-        await first_audio(engine, 3)  # warm-up
-        return await first_audio(engine, rounds)
+        await first_audio(local, 3)  # warm-up
+        await first_audio(pool, 3)
+        local_times, pool_times = [], []
+        for _ in range(rounds):
+            local_times += await first_audio(local, 1)
+            pool_times += await first_audio(pool, 1)
+        return local_times, pool_times
     finally:
-        await engine.close()
+        await local.close()
 
 
-async def run_pool(replicas: int, rounds: int, streams: int) -> tuple[list[float], float]:
+async def run_pool(replicas: int, streams: int) -> tuple[float, list[int]]:
+    """Real-time streams made, and the clauses each replica served."""
     serve.run(pool_application(settings(replicas)), name="bench", route_prefix=None)
     engine = pool_engine(settings(replicas))
     await engine.start()
-    await first_audio(engine, 3)
-    times = await first_audio(engine, rounds) if rounds else []
     await throughput(engine, streams)  # warm-up: every replica has served
-    return times, await throughput(engine, streams)
+    before = {replica: load.served for replica, load in engine.load.items()}
+    made = await throughput(engine, streams)
+    return made, sorted(load.served - before.get(replica, 0) for replica, load in engine.load.items())
 
 
 def main() -> None:
@@ -101,16 +113,18 @@ def main() -> None:
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(proxy_location="Disabled")
     try:
-        local = asyncio.run(run_local(args.rounds))
-        pooled, one = asyncio.run(run_pool(1, args.rounds, args.streams))
-        _, two = asyncio.run(run_pool(2, 0, args.streams))
+        local, pooled = asyncio.run(run_first_audio(args.rounds))
+        one, _ = asyncio.run(run_pool(1, args.streams))
+        two, split = asyncio.run(run_pool(2, args.streams))
     finally:
         serve.shutdown()
         ray.shutdown()
+    added = [p - q for p, q in zip(pooled, local)]
     print(f"first audio, short sentence, p50: local {p50_ms(local)} ms, pool {p50_ms(pooled)} ms, "
-          f"added {round(p50_ms(pooled) - p50_ms(local), 1)} ms")
+          f"added (pairwise) {p50_ms(added)} ms p50")
     print(f"aggregate real-time streams ({args.streams} long texts at once): one replica {one:.1f}, "
-          f"two replicas {two:.1f} ({two / one:.2f}x)")
+          f"two replicas {two:.1f} ({two / one:.2f}x; clauses per replica {split})")
+    print(f"load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

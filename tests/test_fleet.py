@@ -5,6 +5,7 @@ Skipped only where Ray is not installed (``pip install 'cosyvoice-gateway[ray]'`
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -14,6 +15,10 @@ import pytest
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
+from cosyvoice import Engine, EngineFailure, SynthesisRequest  # noqa: E402
+from cosyvoice.pool.app import PoolScaling  # noqa: E402
+from cosyvoice.pool.app import pool_application as pool_application_of  # noqa: E402
+from cosyvoice.pool.client import PoolEngine, PoolOptions  # noqa: E402
 from cosyvoice.pool.router import rank_replicas  # noqa: E402
 from gateway.pool import pool_application  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
@@ -153,13 +158,60 @@ def test_cancel_reaches_the_replica_and_nothing_is_left(edge: ServerThread) -> N
     wait_until(idle, 5, "every replica's engine idle")
 
 
+def broken_voice():
+    """An engine factory whose engine fails every clause (nested, so Ray pickles it by value)."""
+
+    def make() -> Engine:
+        from cosyvoice import Capabilities, Engine, Mode  # a class body's names are not pickled with it
+
+        class Broken(Engine):
+            capabilities = Capabilities(
+                engine="broken", model="none", modes=frozenset({Mode.SFT}), sample_rate=16000,
+                voices=("joe",), default_voice="joe",
+            )  # fmt: skip
+
+            async def start(self) -> None:
+                self._ready = True
+
+            async def close(self) -> None:
+                pass
+
+            async def _produce(self, request, emit) -> None:
+                raise RuntimeError("the voice broke")
+
+        return Broken()
+
+    return make
+
+
+def test_a_replica_whose_engine_fails_gives_a_synthesis_error_not_a_ray_error(edge: ServerThread) -> None:
+    serve.run(pool_application_of(broken_voice(), PoolScaling()), name="fleet-broken", route_prefix=None)
+
+    async def speak() -> None:
+        engine = PoolEngine(PoolOptions(app="fleet-broken", stall_timeout=5))
+        await engine.start()
+        with pytest.raises(EngineFailure, match="the voice broke"):
+            async for _ in engine.synthesize(SynthesisRequest(text="Hello there.")):
+                pass
+
+    try:
+        asyncio.run(speak())
+    finally:
+        serve.delete("fleet-broken")
+
+
 def test_routing_ranks_the_previous_replica_then_voice_holders_by_queued_first_audio() -> None:
     def replica(name: str, voices=(), awaiting: int = 0):
         stats = {"voices": list(voices), "awaiting_first_audio": awaiting}
         return SimpleNamespace(replica_id=SimpleNamespace(unique_id=name), routing_stats=stats)
 
-    a, b, c, d = replica("a"), replica("b", ["ann"], 3), replica("c", ["ann"], 1), replica("d", awaiting=0)
-    ranks = rank_replicas([a, b, c, d], voice="ann", prefer="a", avoid=frozenset(), queued=lambda r: 0)
-    assert [[r.replica_id.unique_id for r in rank] for rank in ranks] == [["a"], ["c", "b"], ["d"]]
-    ranks = rank_replicas([a, b, c, d], voice="ann", prefer="c", avoid=frozenset({"c"}), queued=lambda r: 0)
-    assert [[r.replica_id.unique_id for r in rank] for rank in ranks] == [["b"], ["a", "d"], ["c"]]
+    def names(ranks) -> list[list[str]]:
+        return [sorted(r.replica_id.unique_id for r in rank) for rank in ranks]
+
+    a, b, c = replica("a"), replica("b", ["ann"], 5), replica("c", ["ann"], 1)
+    d, e = replica("d", ["ann"], 3), replica("e", awaiting=0)
+    ranks = rank_replicas([a, b, c, d, e], voice="ann", prefer="a", avoid=frozenset())
+    # d is within SLACK (2) of c's queue: Ray Serve's fresh ongoing counts choose between them.
+    assert names(ranks) == [["a"], ["c", "d"], ["b"], ["e"]]
+    ranks = rank_replicas([a, b, c, d, e], voice="ann", prefer="c", avoid=frozenset({"c"}))
+    assert names(ranks) == [["b", "d"], ["a", "e"], ["c"]]

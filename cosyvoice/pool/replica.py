@@ -43,8 +43,10 @@ class EngineReplica:
     async def capabilities(self) -> Capabilities:
         return self._engine.capabilities
 
-    async def speak(self, job: ClauseJob, *, voice: str = "", prefer: str = "", avoid: tuple[str, ...] = ()) -> AsyncIterator:
-        """A :class:`Header`, then the clause's :class:`Piece` s. ``voice``, ``prefer`` and ``avoid`` are for the router."""
+    async def speak(
+        self, job: ClauseJob, *, voice: str = "", prefer: str = "", avoid: tuple[str, ...] = ()
+    ) -> AsyncIterator[Header | Piece]:
+        """A :class:`Header`, then the clause's pieces; ``voice``, ``prefer`` and ``avoid`` are the router's hints."""
         yield Header(self._id)
         stream = self._engine.synthesize(job.request())
         self._streams += 1
@@ -91,7 +93,10 @@ class EngineReplica:
 
     async def __del__(self) -> None:
         # Ray Serve awaits an async __del__ after draining (graceful_shutdown_*): free the engine's workers.
-        await self._engine.close()
+        # It calls it after a failed __init__ too, when there may be no engine.
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            await engine.close()
 
     def _hold(self, voice: str) -> None:
         if voice:

@@ -1,15 +1,20 @@
 """Routing that knows voices and load: Ray Serve's request-router interface, run in each edge's handle.
 
-Ranks, most preferred first: the replica that spoke the utterance's previous clause (``prefer``), then
-replicas holding the voice's prompt features, then the rest; within a rank, fewest queued first audio
-(the replica's own report) then fewest ongoing streams. Replicas named in ``avoid`` (one that just
-failed this clause) come last. Ray Serve then takes, within a rank, a replica with room under
-``max_ongoing_requests``, and falls to the next rank when none has.
+Ranks, most preferred first: the replica that spoke the utterance's previous clause (``prefer``); then
+replicas holding the voice's prompt features, the least queued first audio first; then the rest, the
+same way; replicas named in ``avoid`` (one that just failed this clause) last. Within a rank Ray Serve
+takes the replica with the fewest ongoing requests (probed fresh) under ``max_ongoing_requests``, and
+falls to the next rank when none has room.
 """
 
 from __future__ import annotations
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+# Queued first audio comes from each replica's report, up to ``request_routing_stats_period_s`` old: replicas
+# within this many clauses of the least queued share a rank, so fresh ongoing counts decide among them
+# instead of a burst of new clauses all following one stale report.
+SLACK = 2
 
 
 class VoiceAffinityRouter(RequestRouter):
@@ -22,24 +27,32 @@ class VoiceAffinityRouter(RequestRouter):
             voice=hints.get("voice", ""),
             prefer=hints.get("prefer", ""),
             avoid=frozenset(hints.get("avoid", ())),
-            queued=lambda replica: self.replica_queue_len_cache.get(replica.replica_id) or 0,
         )
 
 
-def rank_replicas(replicas, *, voice: str, prefer: str, avoid: frozenset[str], queued) -> list[list]:
+def rank_replicas(replicas, *, voice: str, prefer: str, avoid: frozenset[str]) -> list[list]:
     """The ranks for one clause (a pure function of the replicas' reports, so it is tested without Ray)."""
-
-    def load(replica) -> tuple[int, int]:
-        stats = replica.routing_stats or {}
-        return stats.get("awaiting_first_audio", 0), queued(replica)
-
-    def holds(replica) -> bool:
-        return voice in (replica.routing_stats or {}).get("voices", ())
-
     usable = [r for r in replicas if r.replica_id.unique_id not in avoid]
     pinned = [r for r in usable if prefer and r.replica_id.unique_id == prefer]
     rest = [r for r in usable if r not in pinned]
-    holders = sorted((r for r in rest if holds(r)), key=load)
-    others = sorted((r for r in rest if not holds(r)), key=load)
-    shunned = sorted((r for r in replicas if r.replica_id.unique_id in avoid), key=load)
-    return [rank for rank in (pinned, holders, others, shunned) if rank]
+    holders = [r for r in rest if voice in _stats(r).get("voices", ())]
+    others = [r for r in rest if r not in holders]
+    shunned = [r for r in replicas if r.replica_id.unique_id in avoid]
+    ranks = [pinned, *_by_queued_first_audio(holders), *_by_queued_first_audio(others), shunned]
+    return [rank for rank in ranks if rank]
+
+
+def _by_queued_first_audio(replicas: list) -> list[list]:
+    """The least queued (within ``SLACK``) first, then the rest."""
+    if not replicas:
+        return []
+    least = min(_queued(r) for r in replicas)
+    return [[r for r in replicas if _queued(r) <= least + SLACK], [r for r in replicas if _queued(r) > least + SLACK]]
+
+
+def _queued(replica) -> int:
+    return _stats(replica).get("awaiting_first_audio", 0)
+
+
+def _stats(replica) -> dict:
+    return replica.routing_stats or {}
