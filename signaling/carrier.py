@@ -182,7 +182,8 @@ class WebSocketCall(WebSocketWire, CarrierCall):
         try:
             start = await self.await_start()
         except (TimeoutError, wire.ProtocolViolation) as error:
-            log.warning("%s stream ended before start: %s", name, error or "no start in time")
+            why = str(error) or f"no start within {START_TIMEOUT:g} s"
+            log.warning("%s stream ended before start: %s", name, why)
             refused = isinstance(error, wire.ProtocolViolation)
             await self.close(CloseCode.POLICY_VIOLATION if refused else CloseCode.NORMAL)
             return
