@@ -5,7 +5,8 @@ once froze it, one case at a time: 100 KB of unpunctuated text over the
 session WebSocket (whole, and in 4 KB messages), 80 KB through
 ``POST /v1/sessions/{id}/say``, 2 MB of sentences, 3,000 one-sentence
 messages, a 1 MB Twilio ``media`` message, NaN and Infinity in JSON bodies,
-deeply nested JSON; first a baseline with nothing sent.
+a ``session.update`` with a long prompt recording, deeply nested JSON; first a
+baseline with nothing sent.
 
 While a case runs, a separate probe process pings a session of its own every
 5 ms: a stalled event loop shows as a slow round trip (a ping touches no engine,
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import json
 import multiprocessing as mp
 import re
@@ -220,6 +222,7 @@ def cases(args: argparse.Namespace) -> list[tuple[str, Case]]:
         (f"{args.sentences} one-sentence WS messages", lambda g: sentences(g, args.sentences, args.watch)),
         ("1 MB Twilio media message", lambda g: twilio_media(g, 1_000_000)),
         ("NaN / Infinity in JSON bodies (x20)", lambda g: nan_bodies(g, 10)),
+        ("session.update, a 50 s prompt (2.2 MB base64)", lambda g: raw_ws(g, [_prompt_update(50)])),
         (
             "session.update seed Infinity, 1e999; nesting",
             lambda g: raw_ws(g, ['{"type": "session.update", "seed": Infinity}',
@@ -299,6 +302,20 @@ def main() -> int:
     failing = [name for name, _, _, _, lag in rows if lag * 1000 > GOAL_MS]
     print(f"\ngoal: no case stalls the gateway's loop over {GOAL_MS:g} ms; over it: {', '.join(failing) or 'none'}")
     return 1 if failing else 0
+
+
+def _prompt_update(seconds: int) -> str:
+    """A ``session.update`` carrying a WAV prompt (16 kHz noise): decoded where the message is handled."""
+    rate = 16000
+    samples = (np.random.default_rng(1).standard_normal(rate * seconds) * 3000).astype("<i2")
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    encoded = base64.b64encode(wav.getvalue()).decode()
+    return json.dumps({"type": "session.update", "prompt_audio_base64": encoded, "prompt_text": "Noise."})
 
 
 def _replay_recording(folder: Path) -> Path:
