@@ -7,6 +7,7 @@ or on the WebRTC audio track.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -80,6 +81,30 @@ def apply(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -
         log.exception("session %s: a %r message failed", session.id, kind)
         session.events.emit(Error(message=f"internal error while handling '{kind}'", request_type=kind))
         return None
+
+
+async def apply_off_loop(session: Session, message: dict[str, Any], parse_voice: VoiceParser) -> Event | None:
+    """:func:`apply`, with a ``session.update``'s prompt recording decoded in a worker thread.
+
+    Decoding a long recording takes the event loop ~150 ms (a 50 s WAV), which every other session
+    would wait; the voice is parsed off the loop and handed to :func:`apply`, success or failure,
+    so errors are reported as for any message.
+    """
+    if message.get("type") != "session.update" or not message.get("prompt_audio_base64"):
+        return apply(session, message, parse_voice)
+    try:
+        voice = await asyncio.get_running_loop().run_in_executor(None, parse_voice, message, session.voice)
+    except Exception as error:  # raised again inside apply, which reports it
+        failure = error
+
+        def parsed(fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
+            raise failure
+    else:
+
+        def parsed(fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
+            return voice
+
+    return apply(session, message, parsed)
 
 
 def _refuse_constant(name: str) -> NoReturn:

@@ -14,7 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from media.playout import Frame
 from signaling.messages import Error, Event, SessionCreated
-from signaling.protocol import ProtocolError, VoiceParser, apply
+from signaling.protocol import ProtocolError, VoiceParser, apply_off_loop
 from signaling.serializers.session import AudioFormat, SessionSerializer
 from signaling.session import Session
 from signaling.transport import EndedBy, SessionTransport, WebSocketWire
@@ -60,7 +60,7 @@ class WebSocketTransport(WebSocketWire, SessionTransport):
                 self.session.touch()
                 continue
             try:
-                reply = apply(self.session, self.serializer.decode(message), self.parse_voice)
+                reply = await apply_off_loop(self.session, self.serializer.decode(message), self.parse_voice)
             except ProtocolError as error:
                 reply = self.session.events.stamped(Error(message=str(error)))
             if reply is not None:

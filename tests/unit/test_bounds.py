@@ -1,16 +1,20 @@
-"""A session's bounds, exactly: text and queue limits, synthesis a bounded lead ahead, events one per turn."""
+"""A session's bounds, exactly: text and queue limits, synthesis a bounded lead ahead, the event loop shared."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from cosyvoice import InvalidRequest
 from media.playout import Frame
-from signaling.messages import Error, Event
-from signaling.session import QueueFull, Session, SessionLimits, TextTooLong, Transport
+from signaling.messages import Error, Event, SessionUpdated
+from signaling.protocol import apply_off_loop
+from signaling.session import QueueFull, Session, SessionLimits, TextTooLong, Transport, VoiceSettings
 from signaling.transport import SessionTransport
 from tests.unit.scripted import CLAUSE, FRAME, RATE, Script
 
@@ -117,3 +121,27 @@ async def test_a_backlog_of_events_goes_out_one_per_turn() -> None:
     assert widest <= 2, f"{widest} events went out in one turn of the loop"
     await session.close()
     await asyncio.wait_for(serving, 5)
+
+
+async def test_a_prompt_recording_in_session_update_is_decoded_off_the_event_loop() -> None:
+    """A 50 s prompt took the loop 148 ms to decode (bench/hostile.py); a worker thread decodes it now."""
+    session = Session(Script(), transport=Transport.WEBSOCKET, output_rate=RATE)
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def parse_voice(fields: dict, current: VoiceSettings) -> VoiceSettings:
+        threads.append(threading.get_ident())
+        if fields["prompt_audio_base64"] == "broken":
+            raise InvalidRequest("prompt_audio_base64: not audio")
+        return replace(current, prompt_text=fields["prompt_text"])
+
+    update = {"type": "session.update", "prompt_audio_base64": "UklGRg==", "prompt_text": "Hello."}
+    reply = await apply_off_loop(session, update, parse_voice)
+    assert isinstance(reply, SessionUpdated) and session.voice.prompt_text == "Hello."
+    errors: list[Event] = []
+    session.events.tap = errors.append
+    assert await apply_off_loop(session, {**update, "prompt_audio_base64": "broken"}, parse_voice) is None
+    assert [error.message for error in errors] == ["prompt_audio_base64: not audio"], "reported as for any message"
+    assert threads and loop_thread not in threads
+    assert await apply_off_loop(session, {"type": "ping"}, parse_voice) is not None  # everything else as before
+    await session.close()
