@@ -46,3 +46,14 @@ def assert_engine_free(server: ServerThread, timeout: float = 2.0) -> None:
         return server.engine.busy == 0 and not tasks
 
     wait_until(free, timeout, "the engine and every context task to be freed")
+
+
+def assert_word_starts_match_audio(samples: np.ndarray, rate: int, starts: list[tuple[str, float]]) -> None:
+    """For clients that keep only start times (pipecat): speech begins within each word's first 100 ms."""
+    levels = window_levels_db(samples, rate, WINDOW_S)
+    assert starts, "no word timings"
+    for text, start in starts:
+        assert 0 <= start < len(samples) / rate, (text, start)
+        first = int(start / WINDOW_S)
+        assert levels[first : first + 5].max() > SPEECH_DB, f"no speech where {text!r} starts, at {start:.3f} s"
+    assert [start for _, start in starts] == sorted(start for _, start in starts)
