@@ -211,7 +211,9 @@ def test_routing_ranks_the_previous_replica_then_voice_holders_by_queued_first_a
     a, b, c = replica("a"), replica("b", ["ann"], 5), replica("c", ["ann"], 1)
     d, e = replica("d", ["ann"], 3), replica("e", awaiting=0)
     ranks = rank_replicas([a, b, c, d, e], voice="ann", prefer="a", avoid=frozenset())
-    # d is within SLACK (2) of c's queue: Ray Serve's fresh ongoing counts choose between them.
-    assert names(ranks) == [["a"], ["c", "d"], ["b"], ["e"]]
+    # Near the least queued (e: 0, within SLACK = 2): c holds ann, e does not; b and d are busier.
+    assert names(ranks) == [["a"], ["c"], ["e"], ["b", "d"]]
     ranks = rank_replicas([a, b, c, d, e], voice="ann", prefer="c", avoid=frozenset({"c"}))
-    assert names(ranks) == [["b", "d"], ["a", "e"], ["c"]]
+    assert names(ranks) == [["a", "e"], ["b", "d"], ["c"]]
+    # A built-in voice (no prompt to hold): load alone.
+    assert names(rank_replicas([b, c, e], voice="", prefer="", avoid=frozenset())) == [["c", "e"], ["b"]]

@@ -33,7 +33,7 @@ class EngineReplica:
         self._engine = make_engine()
         await self._engine.start()
         self._id = _replica_id()
-        self._held: OrderedDict[str, None] = OrderedDict.fromkeys(self._engine.capabilities.voices)
+        self._held: OrderedDict[str, None] = OrderedDict()  # saved voices served recently, most recent last
         self._streams = 0
         self._awaiting = 0
         self._served = 0
@@ -102,7 +102,7 @@ class EngineReplica:
         if voice:
             self._held[voice] = None
             self._held.move_to_end(voice)
-            while len(self._held) > HELD_VOICES + len(self._engine.capabilities.voices):
+            while len(self._held) > HELD_VOICES:
                 self._held.popitem(last=False)
 
 

@@ -1,10 +1,11 @@
 """Routing that knows voices and load: Ray Serve's request-router interface, run in each edge's handle.
 
-Ranks, most preferred first: the replica that spoke the utterance's previous clause (``prefer``); then
-replicas holding the voice's prompt features, the least queued first audio first; then the rest, the
-same way; replicas named in ``avoid`` (one that just failed this clause) last. Within a rank Ray Serve
-takes the replica with the fewest ongoing requests (probed fresh) under ``max_ongoing_requests``, and
-falls to the next rank when none has room.
+Ranks, most preferred first: the replica that spoke the utterance's previous clause (``prefer``); then,
+among the replicas whose queued first audio is near the least, those holding the saved voice's prompt
+features, then the others; then the busier replicas; replicas named in ``avoid`` (one that just failed
+this clause) last. Within a rank Ray Serve takes the replica with the fewest ongoing requests (probed
+fresh) under ``max_ongoing_requests``, and falls to the next rank when none has room. Affinity never
+outweighs load: a replica holding the voice but busier than the rest waits its turn behind them.
 """
 
 from __future__ import annotations
@@ -35,19 +36,13 @@ def rank_replicas(replicas, *, voice: str, prefer: str, avoid: frozenset[str]) -
     usable = [r for r in replicas if r.replica_id.unique_id not in avoid]
     pinned = [r for r in usable if prefer and r.replica_id.unique_id == prefer]
     rest = [r for r in usable if r not in pinned]
-    holders = [r for r in rest if voice in _stats(r).get("voices", ())]
-    others = [r for r in rest if r not in holders]
+    least = min((_queued(r) for r in rest), default=0)
+    near = [r for r in rest if _queued(r) <= least + SLACK]
+    holders = [r for r in near if voice and voice in _stats(r).get("voices", ())]
+    others = [r for r in near if r not in holders]
+    busier = [r for r in rest if r not in near]
     shunned = [r for r in replicas if r.replica_id.unique_id in avoid]
-    ranks = [pinned, *_by_queued_first_audio(holders), *_by_queued_first_audio(others), shunned]
-    return [rank for rank in ranks if rank]
-
-
-def _by_queued_first_audio(replicas: list) -> list[list]:
-    """The least queued (within ``SLACK``) first, then the rest."""
-    if not replicas:
-        return []
-    least = min(_queued(r) for r in replicas)
-    return [[r for r in replicas if _queued(r) <= least + SLACK], [r for r in replicas if _queued(r) > least + SLACK]]
+    return [rank for rank in (pinned, holders, others, busier, shunned) if rank]
 
 
 def _queued(replica) -> int:

@@ -30,10 +30,8 @@ class ClauseJob:
 
     @property
     def voice_key(self) -> str:
-        """The name routing uses for the voice whose prompt features a replica may hold."""
-        if self.saved_voice is not None:
-            return self.saved_voice.id
-        return self.params.voice or ""
+        """The saved voice whose prompt features a replica may hold; empty for a built-in one (every replica has it)."""
+        return "" if self.saved_voice is None else self.saved_voice.id
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class ReplicaLoad:
     replica: str = ""
     streams: int = 0  # clauses being spoken now
     awaiting_first_audio: int = 0  # of those, the ones with no audio yet: the queue a new clause joins
-    voices: tuple[str, ...] = field(default=())  # voices whose prompt features it holds, most recent last
+    voices: tuple[str, ...] = field(default=())  # saved voices whose prompt features it holds, most recent last
     served: int = 0
     cancelled: int = 0  # streams the edge cancelled before their end
     busy: int = 0  # the engine's own work in progress (busy workers, or sessions in its batch)
