@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from enum import Enum, StrEnum
 from typing import Any, ClassVar
 
@@ -73,6 +74,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@cache
+def _layout(cls: type) -> tuple[tuple[str, bool, bool], ...]:
+    """Each wire field of a message class in order, with whether it is optional and whether flattened."""
+    return tuple(
+        (spec.name, bool(spec.metadata.get("optional")), bool(spec.metadata.get("flattened")))
+        for spec in fields(cls)
+        if spec.name not in _ENVELOPE
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Event:
     """The envelope every message carries; the session's hub stamps ``session_id`` and ``time``."""
@@ -84,14 +95,14 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         message: dict[str, Any] = {"type": self.kind.value, "session_id": self.session_id, "time": self.time}
-        for spec in fields(self):
-            value = getattr(self, spec.name)
-            if spec.name in _ENVELOPE or (value is None and spec.metadata.get("optional")):
+        for name, optional, flattened in _layout(type(self)):
+            value = getattr(self, name)
+            if value is None and optional:
                 continue
-            if spec.metadata.get("flattened"):
+            if flattened:
                 message.update(value.to_dict())
             else:
-                message[spec.name] = _plain(value)
+                message[name] = _plain(value)
         if self.dropped_events:
             message["dropped_events"] = self.dropped_events
         return message
