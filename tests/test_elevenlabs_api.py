@@ -105,6 +105,22 @@ def test_stream_input_speaks_streamed_tokens_with_alignments_that_match_the_audi
     assert_engine_free(gateway)
 
 
+def test_a_flush_speaks_the_held_text_and_the_input_goes_on(gateway: ServerThread) -> None:
+    got = Received()
+    with _ws(gateway, _voice(gateway), "stream-input") as ws:
+        ws.send(json.dumps({"text": " "}))
+        ws.send(json.dumps({"text": "Hello there my friend "}))  # no clause end: held until a flush
+        ws.send(json.dumps({"text": "", "flush": True}))
+        while len(got.text) < len("Hello there my friend"):
+            message = json.loads(ws.recv(timeout=30))
+            assert not message.get("isFinal") and "error" not in message, message
+            got.take(message)
+        ws.send(json.dumps({"text": "Goodbye."}))
+        ws.send(json.dumps({"text": ""}))
+        _receive_until_final(ws, {None: got})
+    assert got.text == "Hello there my friend Goodbye."
+
+
 def test_multi_stream_contexts_interruption_and_close_socket(gateway: ServerThread) -> None:
     voice = _voice(gateway)
     received = {"reply1": Received(), "reply2": Received()}

@@ -143,7 +143,7 @@ class _Connection:
         if self.multi and message.get("close_context") is True:
             await self._close_context(key)
             return False
-        if not self.multi and text == "":  # end of input: speak the rest, isFinal, close
+        if not self.multi and text == "" and message.get("flush") is not True:  # end of input: the rest, isFinal, close
             context = self.socket.contexts.get(key) or self._open(key)
             context.close_input()
             await self.socket.wait_idle()
