@@ -155,6 +155,15 @@ class _Failure:
     error: BaseException
 
 
+class StreamOutcome(enum.StrEnum):
+    """How a stream ended; its value labels the syntheses metric."""
+
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
 @dataclass
 class StreamStats:
     """How a stream went, as its consumer saw it (monotonic seconds)."""
@@ -163,7 +172,7 @@ class StreamStats:
     first_chunk: float | None = None
     finished: float | None = None
     samples: int = 0
-    outcome: str = "running"  # running, done, cancelled, failed
+    outcome: StreamOutcome = StreamOutcome.RUNNING
 
     @property
     def time_to_first_chunk(self) -> float | None:
@@ -207,17 +216,17 @@ class AudioStream:
             else:  # timings alone
                 item = await self._queue.get()
         if isinstance(item, _End):
-            self._finish("done")
+            self._finish(StreamOutcome.DONE)
             raise StopAsyncIteration
         if isinstance(item, _Failure):
-            self._finish("failed")
+            self._finish(StreamOutcome.FAILED)
             raise item.error
         if self.stats.first_chunk is None:
             self.stats.first_chunk = time.monotonic()
         self.stats.samples += len(item)
         if self._max_samples is not None and self.stats.samples > self._max_samples:
             self._task.cancel()
-            self._finish("failed")
+            self._finish(StreamOutcome.FAILED)
             raise AudioTooLong(f"the audio ran past {self._max_samples / self.sample_rate:.0f} s, far longer than its text takes to say")
         return item
 
@@ -242,7 +251,7 @@ class AudioStream:
         """Stop the work behind the stream and wake any waiting consumer."""
         if self._finished:
             return
-        self._finish("cancelled")
+        self._finish(StreamOutcome.CANCELLED)
         self._task.cancel()
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -260,7 +269,7 @@ class AudioStream:
     async def __aexit__(self, *exc_info: object) -> None:
         self.cancel()
 
-    def _finish(self, outcome: str) -> None:
+    def _finish(self, outcome: StreamOutcome) -> None:
         self._finished = True
         self.stats.finished = time.monotonic()
         self.stats.outcome = outcome

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cosyvoice import AudioStream
+from cosyvoice.engine import StreamOutcome
 from signaling.messages import BargeInEvent, Event, SessionClosedEvent, UtteranceFirstAudio
 from signaling.session import Transport
 
@@ -83,7 +84,7 @@ class Metrics:
                 self.ttfa.labels(transport, mode).observe(stats.time_to_first_chunk)
             seconds = stats.samples / finished.sample_rate
             self.audio_seconds.labels(transport).inc(seconds)
-            if stats.outcome == "done" and seconds > 0 and stats.finished is not None:
+            if stats.outcome is StreamOutcome.DONE and seconds > 0 and stats.finished is not None:
                 self.rtf.labels(transport).observe((stats.finished - stats.started) / seconds)
 
         stream.add_done_callback(done)

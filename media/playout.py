@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -36,11 +37,18 @@ class _End:
     tag: Hashable
 
 
+class ReachedKind(StrEnum):
+    """What a read played through; the value names Twilio marks (``mark-u1-3``)."""
+
+    MARK = "mark"
+    END = "end"
+
+
 @dataclass
 class Reached:
     """Something a read played through: a mark, or the end of an utterance."""
 
-    kind: str  # "mark" or "end"
+    kind: ReachedKind
     tag: Hashable
     name: str = ""
     played: int = 0  # samples of the tag played when it was reached
@@ -134,9 +142,9 @@ class PlayoutBuffer:
             self._items.popleft()
             played = self.played.get(item.tag, 0)
             if isinstance(item, _Mark):
-                frame.reached.append(Reached("mark", item.tag, item.name, played))
+                frame.reached.append(Reached(ReachedKind.MARK, item.tag, item.name, played))
             else:
-                frame.reached.append(Reached("end", item.tag, played=played))
+                frame.reached.append(Reached(ReachedKind.END, item.tag, played=played))
                 if self._playing == item.tag:
                     self._playing = None
         frame.audio = filled

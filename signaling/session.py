@@ -27,7 +27,7 @@ from typing import Protocol
 from cosyvoice import AudioStream, SpeechParams, SynthesisError, WordTiming
 from cosyvoice.text import ClauseOptions, ClauseSplitter
 from cosyvoice.timing import heard_text
-from media.playout import Frame, PlayoutBuffer, Reached
+from media.playout import Frame, PlayoutBuffer, Reached, ReachedKind
 from media.resample import StreamResampler
 from signaling.events import EventHub
 from signaling.messages import (
@@ -313,7 +313,7 @@ class Session:
         if utterance is None or utterance.state not in (UtteranceState.SPEAKING, UtteranceState.DONE):
             return  # cancelled: its marks come back from a cleared far-end queue
         rate = self.buffer.sample_rate
-        if reached.kind == "mark":
+        if reached.kind is ReachedKind.MARK:
             played_ms = round(reached.played * 1000 / rate)
             self.events.emit(Mark(name=reached.name, utterance_id=utterance.id, played_ms=played_ms))
         elif utterance.state is UtteranceState.SPEAKING:

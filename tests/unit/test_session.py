@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cosyvoice import UnknownVoice
-from media.playout import Reached
+from media.playout import Reached, ReachedKind
 from signaling.messages import (
     AudioCleared,
     Error,
@@ -135,7 +135,7 @@ async def test_a_far_end_that_reports_playout_itself_confirms_marks(script_and_s
         session.on_frame(frame, report_reached=False)
         reached += frame.reached
     assert Mark not in listener.kinds(), "not until the far end says it played"
-    assert [(r.kind, r.name, r.played) for r in reached] == [("mark", "m1", CLAUSE)]
+    assert [(r.kind, r.name, r.played) for r in reached] == [(ReachedKind.MARK, "m1", CLAUSE)]
     session.on_reached(reached[0])
     assert listener.event(Mark).played_ms == ms(CLAUSE)
 
