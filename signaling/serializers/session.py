@@ -9,6 +9,7 @@ messages from the client are caller audio, counted and drained.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -21,18 +22,25 @@ from signaling.protocol import ProtocolError, parse
 PCM_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
 
+class Codec(StrEnum):
+    """The ``format`` query parameter and ``session.created``'s ``audio.format``."""
+
+    PCM = "pcm"  # s16le at the asked rate
+    OPUS = "opus"  # one 48 kHz packet per message
+
+
 @dataclass(frozen=True)
 class AudioFormat:
     """What the client hears: ``pcm`` (s16le at ``sample_rate``) or ``opus`` (48 kHz packets)."""
 
-    codec: str = "pcm"
+    codec: Codec = Codec.PCM
     sample_rate: int = 24000
 
     @classmethod
     def from_query(cls, codec: str | None, sample_rate: str | None) -> AudioFormat:
         codec = codec or "pcm"
         if codec == "opus":
-            return cls("opus", 48000)
+            return cls(Codec.OPUS, 48000)
         if codec != "pcm":
             raise ProtocolError(f"unknown audio format '{codec}' (pcm or opus)")
         try:
@@ -41,17 +49,17 @@ class AudioFormat:
             raise ProtocolError(f"sample_rate must be an integer, not {sample_rate!r}") from error
         if rate not in PCM_RATES:
             raise ProtocolError(f"sample_rate {rate} not supported; choose one of {PCM_RATES}")
-        return cls("pcm", rate)
+        return cls(Codec.PCM, rate)
 
     def describe(self) -> dict[str, Any]:
         """As ``session.created`` announces it."""
-        return {"format": self.codec, "sample_rate": self.sample_rate, "channels": 1, "frame_ms": 20}
+        return {"format": self.codec.value, "sample_rate": self.sample_rate, "channels": 1, "frame_ms": 20}
 
 
 class SessionSerializer:
     def __init__(self, audio: AudioFormat, *, opus_bitrate: int) -> None:
         self.audio = audio
-        self._encoder = OpusEncoder(bitrate=opus_bitrate) if audio.codec == "opus" else None
+        self._encoder = OpusEncoder(bitrate=opus_bitrate) if audio.codec is Codec.OPUS else None
 
     @property
     def encodes_off_loop(self) -> bool:

@@ -24,7 +24,7 @@ from signaling.serializers.base import (
     Stop,
     Undecodable,
 )
-from signaling.serializers.session import AudioFormat, SessionSerializer
+from signaling.serializers.session import AudioFormat, Codec, SessionSerializer
 from signaling.serializers.twilio import TwilioSerializer
 
 SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
@@ -196,7 +196,7 @@ def test_session_protocol_round_trips() -> None:
 
 def test_session_protocol_opus_is_one_packet_per_frame() -> None:
     serializer = SessionSerializer(AudioFormat.from_query("opus", None), opus_bitrate=32000)
-    assert serializer.audio == AudioFormat("opus", 48000) and serializer.encodes_off_loop
+    assert serializer.audio == AudioFormat(Codec.OPUS, 48000) and serializer.encodes_off_loop
     packet = serializer.encode_audio(tone(48000))
     assert 0 < len(packet) < 400  # 20 ms at 32 kb/s is 80 bytes; a packet is never near a PCM frame's 1920
     with pytest.raises(ProtocolError):
