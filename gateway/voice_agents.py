@@ -20,7 +20,7 @@ import numpy as np
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cosyvoice import InvalidRequest
+from cosyvoice import InvalidRequest, UnknownVoice
 from cosyvoice.text import ClauseOptions
 from gateway.auth import caller_of
 from gateway.dependencies import get_services
@@ -41,10 +41,6 @@ MIN_RATE, MAX_RATE = 8000, 48000  # what telephony and studio audio use; resampl
 
 class BadFormat(ValueError):
     """An output format we cannot produce."""
-
-
-class UnknownVoice(LookupError):
-    """A voice id that is neither built in nor saved by the caller."""
 
 
 class Encoding(enum.Enum):

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
-from cosyvoice import AudioStream, InvalidRequest, WordTiming
+from cosyvoice import AudioStream, EngineUnavailable, SynthesisError, UnknownVoice, WordTiming
 from gateway.admission import Overloaded, RateLimited
 from gateway.audio import AudioStreamingResponse, StreamEndingResponse
 from gateway.auth import accept
@@ -34,7 +34,6 @@ from gateway.voice_agents import (
     Malformed,
     OutputFormat,
     TooManyContexts,
-    UnknownVoice,
     cartesia_format,
 )
 from signaling.closecodes import CloseCode
@@ -65,6 +64,8 @@ def _classify(error: Exception) -> CartesiaError:
         return CartesiaError("invalid_output_format", str(error))
     if isinstance(error, TextTooLong):
         return CartesiaError("transcript_too_long", str(error), 413)
+    if isinstance(error, EngineUnavailable):
+        return CartesiaError("service_unavailable", str(error), 503)
     if isinstance(error, (Overloaded, RateLimited, TooManyContexts)):
         return CartesiaError("too_many_requests", str(error), 429)
     return CartesiaError("invalid_request", str(error))
@@ -174,7 +175,7 @@ class _Connection:
         key = key or "ctx_" + secrets.token_hex(8)
         try:
             await self._generate(key, message)
-        except (Malformed, CartesiaError, UnknownVoice, BadFormat, InvalidRequest, TextTooLong, TooManyContexts) as error:
+        except (Malformed, CartesiaError, UnknownVoice, BadFormat, SynthesisError, TextTooLong, TooManyContexts) as error:
             await self.socket.send(_error_body(_classify(error), key))
 
     async def _generate(self, key: str, message: dict) -> None:
@@ -258,7 +259,7 @@ async def _http_request(request: Request) -> tuple[AudioStream, _Input, _Setup]:
     return await factory.synth.open(given.transcript, setup.voice), given, setup
 
 
-_HTTP_ERRORS = (CartesiaError, UnknownVoice, BadFormat, InvalidRequest, Malformed, Overloaded, RateLimited)
+_HTTP_ERRORS = (CartesiaError, UnknownVoice, BadFormat, SynthesisError, Malformed, Overloaded, RateLimited)
 
 
 def _error_response(error: Exception) -> JSONResponse:

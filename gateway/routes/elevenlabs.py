@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
-from cosyvoice import AudioStream, InvalidRequest, WordTiming
+from cosyvoice import AudioStream, EngineUnavailable, SynthesisError, UnknownVoice, WordTiming
 from cosyvoice.timing import char_spans
 from gateway.admission import Overloaded, RateLimited
 from gateway.audio import AudioStreamingResponse, StreamEndingResponse, collect_audio
@@ -37,12 +37,11 @@ from gateway.voice_agents import (
     Malformed,
     OutputFormat,
     TooManyContexts,
-    UnknownVoice,
     elevenlabs_format,
 )
 from signaling.closecodes import CloseCode
 from signaling.contexts import AudioOut, ContextClosed, Failed, Finished, Flushed, SpeechContext, WordsOut
-from signaling.session import TextTooLong
+from signaling.session import TextTooLong, VoiceSettings
 
 router = APIRouter(prefix="/elevenlabs", tags=["ElevenLabs"])
 
@@ -72,6 +71,8 @@ def _classify(error: Exception) -> ElevenLabsError:
         return ElevenLabsError("text_too_long", str(error), 413)
     if isinstance(error, TooManyContexts):
         return ElevenLabsError("max_active_conversations", str(error))
+    if isinstance(error, EngineUnavailable):
+        return ElevenLabsError("service_unavailable", str(error), 503)
     if isinstance(error, (Overloaded, RateLimited)):
         return ElevenLabsError("too_many_concurrent_requests", str(error), 429)
     return ElevenLabsError("invalid_request", str(error))
@@ -101,6 +102,7 @@ class _Connection:
         self.factory: ContextFactory | None = None
         self.format: OutputFormat | None = None
         self.closed_contexts: set[str] = set()
+        self.voice: VoiceSettings | None = None  # set by the first message, once its key is known
         self.first = True
 
     async def run(self) -> None:
@@ -119,9 +121,9 @@ class _Connection:
                 if await self._handle(message):
                     break
             await self.websocket.close(1000)
-        except WebSocketDisconnect:
-            pass
-        except (Malformed, ElevenLabsError, UnknownVoice, BadFormat, InvalidRequest, Overloaded, RateLimited) as error:
+        except (WebSocketDisconnect, TimeoutError, OSError, RuntimeError):
+            pass  # the client left, or stopped reading what we sent
+        except (Malformed, ElevenLabsError, UnknownVoice, BadFormat, SynthesisError, Overloaded, RateLimited) as error:
             await self._fail(_classify(error))
         finally:
             self.socket.close_all()
@@ -174,7 +176,7 @@ class _Connection:
         return key
 
     def _open(self, key: str) -> SpeechContext:
-        assert self.factory is not None and self.format is not None
+        assert self.factory is not None and self.format is not None and self.voice is not None
         context = self.factory.open(self.voice, self.format.sample_rate)
         try:
             self.socket.add(key, context, lambda ctx: self._pump(key, ctx))
@@ -332,7 +334,7 @@ def _error_response(error: Exception) -> JSONResponse:
     return JSONResponse({"detail": {"status": shaped.status, "message": str(shaped)}}, status_code=shaped.http_status)
 
 
-_HTTP_ERRORS = (ElevenLabsError, UnknownVoice, BadFormat, InvalidRequest, Malformed, Overloaded, RateLimited)
+_HTTP_ERRORS = (ElevenLabsError, UnknownVoice, BadFormat, SynthesisError, Malformed, Overloaded, RateLimited)
 
 
 @router.post("/v1/text-to-speech/{voice_id}", response_class=Response)
