@@ -19,7 +19,7 @@ from gateway.engines import build_engine
 from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimit
 from gateway.metrics import TRANSPORTS, monitor_event_loop
-from gateway.pool import watch_pool
+from gateway.pool import forward_sessions, watch_pool
 from gateway.request_id import RequestIdMiddleware
 from gateway.routes import cartesia, elevenlabs, openai, seed_a, seed_b, sessions, system, telephony, unified, voices, webrtc
 from gateway.settings import Settings
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         background = [
             asyncio.create_task(_start_engine(services)),
             asyncio.create_task(monitor_event_loop(metrics)),
+            *([asyncio.create_task(directory.run())] if directory is not None else []),
         ]
         audiosocket = None
         if settings.telephony.audiosocket_port:
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.admission, app.state.sessions = services.admission, services.sessions
     metrics.on_scrape(lambda: _refresh_gauges(services))
     watch_pool(metrics, services.engine)
+    directory = forward_sessions(app, settings, services.sessions)  # innermost: after keys and size limits
 
     # Outermost first: CORS answers preflights before authentication; the size
     # limit refuses huge bodies before anything reads them.

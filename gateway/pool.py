@@ -17,6 +17,7 @@ from cosyvoice import Engine
 from gateway.engines import build_engine, clause_options
 from gateway.metrics import Metrics
 from gateway.settings import Settings, load_settings
+from signaling.manager import SessionManager
 
 
 def pool_engine(settings: Settings) -> Engine:
@@ -76,6 +77,19 @@ def watch_pool(metrics: Metrics, engine: Engine) -> None:
         failovers.set(engine.failovers)
 
     metrics.on_scrape(refresh)
+
+
+def forward_sessions(app, settings: Settings, sessions: SessionManager):
+    """With ``[pool] edge_url`` set (and the Ray backend): publish this edge's sessions in the cluster's
+    directory and answer control requests for other edges' sessions through their owners; returns the
+    directory, whose ``run()`` the app keeps running (None when off)."""
+    if settings.engine.backend != "ray" or not settings.pool.edge_url:
+        return None
+    from gateway.directory import SessionDirectory, SessionForwarding
+
+    directory = SessionDirectory(settings.pool.edge_url, sessions)
+    app.add_middleware(SessionForwarding, directory=directory, sessions=sessions)
+    return directory
 
 
 def main(argv: list[str] | None = None) -> None:

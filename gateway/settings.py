@@ -78,6 +78,7 @@ class PoolSettings(Section):
     start_timeout: float = Field(120.0, gt=0)
     stall_timeout: float = Field(15.0, gt=0)
     attempts: int = Field(3, ge=1, le=10)
+    edge_url: str = ""
 
 
 class SessionSettings(Section):

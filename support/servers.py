@@ -35,9 +35,9 @@ class ServerThread:
     the pool) directly, since reads of plain attributes are thread-safe.
     """
 
-    def __init__(self, settings: Settings | None = None, **app_options: Any) -> None:
+    def __init__(self, settings: Settings | None = None, *, port: int | None = None, **app_options: Any) -> None:
         self.app = create_app(settings or Settings(), **app_options)
-        self.port = free_port()
+        self.port = port or free_port()  # a port of one's own: for settings that name the server's URL
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")

@@ -22,7 +22,7 @@ from cosyvoice.pool.client import PoolEngine, PoolOptions  # noqa: E402
 from cosyvoice.pool.router import rank_replicas  # noqa: E402
 from gateway.pool import pool_application  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-from support.servers import ServerThread  # noqa: E402
+from support.servers import ServerThread, free_port  # noqa: E402
 from support.waiting import wait_until  # noqa: E402
 from tests.audio_checks import assert_speech_like  # noqa: E402
 from tests.test_ws_session import Listener  # noqa: E402
@@ -38,29 +38,41 @@ SENTENCES = [
 ]
 
 
-def settings_for(app: str) -> Settings:
+def settings_for(app: str, edge_url: str = "") -> Settings:
     return Settings.model_validate({
         "engine": {"backend": "ray", "ray_app": app},
         "embedded": {"workers": 1},  # one Piper process per replica: the two replicas share the 2 cores
-        "pool": {"min_replicas": 2, "max_replicas": 2, "stall_timeout": 5.0, "start_timeout": 60.0},
+        "pool": {
+            "min_replicas": 2, "max_replicas": 2, "stall_timeout": 5.0, "start_timeout": 60.0, "edge_url": edge_url,
+        },
         # Synthesis runs at most a second ahead of playback, so the replica dies with clauses still to speak.
         "session": {"max_lead_seconds": 1.0},
     })  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def edge():
+def edges():
+    """Two edges of one pool, each listing its sessions in the cluster's directory."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(proxy_location="Disabled")
-        settings = settings_for(APP)
-        serve.run(pool_application(settings), name=APP, route_prefix=None)
-        server = ServerThread(settings).start(ready_timeout=60)
-        yield server
-        server.stop()
+        serve.run(pool_application(settings_for(APP)), name=APP, route_prefix=None)
+        ports = free_port(), free_port()
+        edges = [
+            ServerThread(settings_for(APP, f"http://127.0.0.1:{port}"), port=port).start(ready_timeout=60)
+            for port in ports
+        ]
+        yield edges
+        for server in edges:
+            server.stop()
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def edge(edges: list[ServerThread]) -> ServerThread:
+    return edges[0]
 
 
 def replica_load(replica: str):
@@ -156,6 +168,24 @@ def test_cancel_reaches_the_replica_and_nothing_is_left(edge: ServerThread) -> N
     # A Piper worker finishes (or drops) the sentence it holds within a clause's time: then all are idle.
     idle = lambda: all(replica_load(name.rsplit("#", 1)[-1]).busy == 0 for name in replica_actor_names())  # noqa: E731
     wait_until(idle, 5, "every replica's engine idle")
+
+
+def test_a_session_on_one_edge_is_steered_through_the_other(edges: list[ServerThread]) -> None:
+    owner, other = edges
+    listener = Listener(owner.url)
+    try:
+        wait_until(lambda: httpx.get(f"{other.url}/v1/sessions/{listener.session_id}").status_code == 200, 5,
+                   "the other edge finds the session (published every 0.5 s)")  # fmt: skip
+        said = httpx.post(f"{other.url}/v1/sessions/{listener.session_id}/say", json={"text": SENTENCES[0]}, timeout=10)
+        assert said.status_code == 200, said.text
+        httpx.post(f"{other.url}/v1/sessions/{listener.session_id}/flush", timeout=10).raise_for_status()
+        listener.event("utterance.done", timeout=30, utterance_id=said.json()["utterance_id"])
+        assert_speech_like(listener.audio(), 24000, min_seconds=1.5, max_seconds=6)
+        assert httpx.delete(f"{other.url}/v1/sessions/{listener.session_id}", timeout=10).status_code == 204
+        wait_until(lambda: owner.app.state.sessions.get(listener.session_id) is None, 5, "the owner closed it")
+    finally:
+        listener.close()
+    assert httpx.get(f"{other.url}/v1/sessions/unknown-session").status_code == 404
 
 
 def broken_voice():
