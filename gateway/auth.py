@@ -27,6 +27,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admission import RateLimited
+from gateway.carriers import carrier_of
 from gateway.errors import error_response
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -38,7 +39,6 @@ PROVIDER_KEY_HEADERS = ("xi-api-key", "x-api-key")
 # WebSockets whose key may come in the first message instead (ElevenLabs' ``xi_api_key`` field):
 # the middleware lets them in unauthenticated and the route calls :func:`authenticate_deferred`.
 DEFERRED_AUTH_PREFIX = "/elevenlabs/"
-TELEPHONY_PREFIX = "/v1/telephony/twilio/"
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,11 @@ class ApiKeyMiddleware:
         auth = self.settings.auth
         if path in ("/", "/console") or (path == "/v1/health" and auth.health_public) or (path == "/metrics" and auth.metrics_public):
             return True
-        # Twilio cannot send our keys; its own signature guards these when a token is set.
-        telephony = self.settings.telephony
-        return path.startswith(TELEPHONY_PREFIX) and bool(telephony.twilio_auth_token or telephony.twilio_shared_key_secret)
+        # Carriers cannot send our keys; their own signatures guard their routes when a secret is set.
+        # A stream whose upgrade the carrier does not sign still needs a key (``?api_key=`` in its URL).
+        carrier = carrier_of(path)
+        signed = carrier is not None and carrier.signing_for(self.settings.telephony) is not None
+        return signed and (carrier.signs_stream or not path.endswith("/stream"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

@@ -15,7 +15,7 @@ from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
 from signaling.session import Session, SessionLimits, Transport, VoiceSettings
 
-TELEPHONY = (Transport.TWILIO, Transport.AUDIOSOCKET)  # one capacity for all phone calls
+TELEPHONY = tuple(t for t in Transport if t not in (Transport.WEBSOCKET, Transport.WEBRTC))  # one capacity for all phone calls
 
 
 class SessionSpeech:

@@ -35,6 +35,7 @@ from signaling.transport import SessionTransport, WebSocketWire
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0  # a far end that connects says which call within this, or is let go
+PHONE_RATE = 8000  # a start that names no rate: the phone network's
 
 
 class CarrierCall(SessionTransport):
@@ -157,16 +158,16 @@ class CarrierCall(SessionTransport):
 class WebSocketCall(WebSocketWire, CarrierCall):
     """A carrier that streams calls over a WebSocket: wait for the start, open the session, serve it.
 
-    The start's custom parameters open the session; its ``text`` is what the
-    call says first. A start that breaks the protocol, or a session refused,
-    closes the socket with a policy violation.
+    The start's custom parameters open the session at the start's sample rate;
+    its ``text`` is what the call says first. A start that breaks the protocol,
+    or a session refused, closes the socket with a policy violation.
     """
 
     def __init__(
         self,
         websocket: WebSocket,
         serializer: CarrierSerializer,
-        open_session: Callable[[dict[str, str]], Session],
+        open_session: Callable[[dict[str, str], int], Session],
         *,
         lead: float,
         barge_in: bool,
@@ -193,7 +194,7 @@ class WebSocketCall(WebSocketWire, CarrierCall):
             return
         self.call_id = start.call_id
         try:
-            session = self.open_session(dict(start.parameters))
+            session = self.open_session(dict(start.parameters), start.sample_rate or PHONE_RATE)
         except Exception as error:
             log.warning("%s call %s refused: %s", name, self.call_id, error)
             await self.close(CloseCode.POLICY_VIOLATION)

@@ -59,6 +59,15 @@ class Transport(StrEnum):
     WEBRTC = "webrtc"
     TWILIO = "twilio"
     AUDIOSOCKET = "audiosocket"
+    # The other carriers' media streams (gateway/carriers.py), each by the name in its routes.
+    TELNYX = "telnyx"
+    PLIVO = "plivo"
+    VONAGE = "vonage"
+    EXOTEL = "exotel"
+    SIGNALWIRE = "signalwire"
+    FREESWITCH = "freeswitch"
+    JAMBONZ = "jambonz"
+    ASTERISK = "asterisk"
 
 
 # How a session speaks (the engine's own parameters); any transport can change it between utterances.

@@ -1,78 +1,85 @@
-"""Telephony: Twilio's TwiML webhook and Media Streams socket; the AudioSocket server's wiring."""
+"""Telephony: every carrier's markup webhook and media stream socket (gateway/carriers.py); the AudioSocket server's wiring."""
 
 from __future__ import annotations
 
 import logging
-from xml.sax.saxutils import quoteattr
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
 from fastapi.responses import Response
 
 from gateway.auth import NOBODY, accept, caller_of
+from gateway.carriers import CARRIERS, PREFIX, Carrier, SignedRequest
 from gateway.dependencies import get_services, get_settings
 from gateway.services import Services
 from gateway.settings import Settings
 from media import vad
 from signaling.audiosocket import AudioSocketCall, AudioSocketServer
+from signaling.carrier import WebSocketCall
 from signaling.closecodes import CloseCode
 from signaling.session import Transport
-from signaling.twilio import TwilioCall
-from signaling.twilio_signature import TwilioSigning
 
 router = APIRouter(tags=["telephony"])
 log = logging.getLogger(__name__)
 
-STREAM_PATH = "/v1/telephony/twilio/stream"
 STREAM_PARAMETERS = ("voice", "text", "mode", "speed", "instruct_text")
 
 
-@router.post("/v1/telephony/twilio/voice", response_class=Response)
-async def twilio_voice(request: Request, settings: Settings = Depends(get_settings)) -> Response:
-    """TwiML that connects the call to our Media Streams socket.
+@router.post(PREFIX + "{carrier}/voice", response_class=Response)
+async def carrier_voice(carrier: str, request: Request, settings: Settings = Depends(get_settings)) -> Response:
+    """The carrier's markup (TwiML, TeXML, Plivo XML, ...) that connects the call to our media stream socket.
 
     Query parameters ``voice``, ``text`` (what the call says first), ``mode``,
     ``speed`` and ``instruct_text`` become the stream's custom parameters.
     """
-    signing = _signing(settings)
-    if signing.enabled:
-        params, body = await _signed_content(request)
-        if not signing.verify(request.headers, _public_url(request, settings), params, body):
-            raise HTTPException(403, "invalid X-Twilio-Signature")
-    stream_url = _public_url(request, settings, path=STREAM_PATH, query=False).replace("http", "ws", 1)
-    parameters = "".join(
-        f"<Parameter name={quoteattr(name)} value={quoteattr(request.query_params[name])}/>"
-        for name in STREAM_PARAMETERS
-        if name in request.query_params
-    )
-    twiml = (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={quoteattr(stream_url)}>{parameters}</Stream></Connect></Response>"
-    )
-    return Response(twiml, media_type="application/xml")
+    known = CARRIERS.get(carrier)
+    if known is None or known.markup is None:
+        raise HTTPException(404, f"no markup webhook for carrier {carrier!r}")
+    signing = known.signing_for(settings.telephony)
+    if signing is not None:
+        if not signing.verify(await _signed_request(request, settings)):
+            raise HTTPException(403, f"invalid {known.name} signature")
+    stream_url = _public_url(request, settings, path=f"{PREFIX}{known.name}/stream", query=False).replace("http", "ws", 1)
+    parameters = {name: request.query_params[name] for name in STREAM_PARAMETERS if name in request.query_params}
+    document = known.markup(stream_url, parameters)
+    return Response(document.body, media_type=document.media_type)
 
 
-@router.websocket(STREAM_PATH)
-async def twilio_stream(websocket: WebSocket, services: Services = Depends(get_services)) -> None:
+@router.websocket(PREFIX + "{carrier}/stream")
+async def carrier_stream(websocket: WebSocket, carrier: str, services: Services = Depends(get_services)) -> None:
     settings = services.settings
-    signing = _signing(settings)
-    if signing.enabled:
+    known = CARRIERS.get(carrier)
+    if known is None:
+        await websocket.close(code=CloseCode.POLICY_VIOLATION)  # before accept: the upgrade is answered 403
+        return
+    signing = known.signing_for(settings.telephony) if known.signs_stream else None
+    if signing is not None:
         url = _public_url(websocket, settings).replace("http", "ws", 1)
-        if not signing.verify(websocket.headers, url):
-            log.warning("refused a Twilio stream with an invalid signature")
+        if not signing.verify(SignedRequest(websocket.headers, url, form=[])):
+            log.warning("refused a %s stream with an invalid signature", known.name)
             await websocket.close(code=CloseCode.POLICY_VIOLATION)  # before accept: the upgrade is answered 403
             return
     await accept(websocket)
-    # Twilio's own call is the carrier's (see telephony_caller); with no auth token the socket needed a key, whose call it is.
-    caller = caller_of(websocket)
-    caller = services.telephony_caller if caller == NOBODY else caller
-    key = websocket.scope.get("state", {}).get("api_key")
-    call = TwilioCall(
+    call = WebSocketCall(
         websocket,
-        lambda parameters: services.session_factory.open(Transport.TWILIO, 8000, parameters, owner=key, caller=caller),
+        known.serializer(),
+        _session_opener(known, websocket, services),
         lead=settings.session.lead_ms / 1000,
         barge_in=settings.telephony.barge_in and vad.available(),
     )
     await call.run()
+
+
+def _session_opener(carrier: Carrier, websocket: WebSocket, services: Services):
+    """Opens the call's session at the stream's rate, owned by the key that opened the socket or else the carrier's owner."""
+    # A signed carrier's call is the carrier's (see telephony_caller); with no secret the socket needed a key, whose call it is.
+    caller = caller_of(websocket)
+    caller = services.telephony_caller if caller == NOBODY else caller
+    key = websocket.scope.get("state", {}).get("api_key")
+
+    def open_session(parameters: dict[str, str], rate: int):
+        return services.session_factory.open(carrier.transport, rate, parameters, owner=key, caller=caller)
+
+    return open_session
 
 
 def audiosocket_server(services: Services) -> AudioSocketServer:
@@ -94,20 +101,18 @@ def audiosocket_server(services: Services) -> AudioSocketServer:
     return AudioSocketServer(telephony.audiosocket_host, telephony.audiosocket_port, make_call)
 
 
-def _signing(settings: Settings) -> TwilioSigning:
-    return TwilioSigning(settings.telephony.twilio_auth_token, settings.telephony.twilio_shared_key_secret)
-
-
-async def _signed_content(request: Request) -> tuple[list[tuple[str, str]], bytes | None]:
-    """What Twilio signed besides the URL: every form field, repeats kept; or, for another body, the raw body."""
+async def _signed_request(request: Request, settings: Settings) -> SignedRequest:
+    """The webhook as its carrier signed it: the public URL, headers, form fields (for a form body) and raw body."""
+    body = await request.body()  # read first: the form is parsed from the cached body
+    form = None
     if request.headers.get("content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        form = await request.form()
-        return [(name, value) for name, value in form.multi_items() if isinstance(value, str)], None
-    return [], await request.body()
+        fields = await request.form()
+        form = [(name, value) for name, value in fields.multi_items() if isinstance(value, str)]
+    return SignedRequest(request.headers, _public_url(request, settings), form, body)
 
 
 def _public_url(connection: Request | WebSocket, settings: Settings, *, path: str | None = None, query: bool = True) -> str:
-    """The URL Twilio used (or will use): the configured public base, or the request's own."""
+    """The URL the carrier used (or will use): the configured public base, or the request's own."""
     url = connection.url
     base = settings.telephony.public_url.rstrip("/") or f"{url.scheme}://{url.netloc}"
     base = base.replace("ws://", "http://", 1).replace("wss://", "https://", 1)

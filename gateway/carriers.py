@@ -1,0 +1,91 @@
+"""The phone carriers whose media streams the gateway serves, by the name in their routes.
+
+``POST /v1/telephony/{name}/voice`` answers a carrier's voice webhook with its
+markup, ``WS /v1/telephony/{name}/stream`` serves its media stream; both look
+the carrier up here, so a dialect is an entry in :data:`CARRIERS`, not a route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.settings import TelephonySettings
+from signaling import markup
+from signaling.markup import MarkupBuilder
+from signaling.serializers.base import CarrierSerializer
+from signaling.serializers.twilio import TwilioSerializer
+from signaling.session import Transport
+from signaling.twilio_signature import TwilioSigning
+
+PREFIX = "/v1/telephony/"
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """What a carrier signs: the URL it addressed, its headers, and the body as form fields and raw bytes."""
+
+    headers: Mapping[str, str]
+    url: str  # the public URL the carrier used (settings' public_url, else the request's own)
+    form: list[tuple[str, str]] | None = None  # the fields of a form body, repeats kept; None for another body
+    body: bytes = b""  # the raw body; empty for a socket's upgrade
+
+
+class Signing(Protocol):
+    """How a carrier signs its requests, with a deployment's secrets; not ``enabled`` when none are set."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def verify(self, request: SignedRequest) -> bool:
+        """Whether the request carries the carrier's valid signature."""
+
+
+@dataclass(frozen=True)
+class Carrier:
+    name: str  # in the routes, as ``/v1/telephony/{name}/...``
+    transport: Transport
+    serializer: Callable[[], CarrierSerializer]  # a fresh one per call: serializers learn the stream's ids
+    markup: MarkupBuilder | None = None  # the voice webhook's answer; None: the carrier has no markup webhook
+    signing: Callable[[TelephonySettings], Signing] | None = None  # None: the carrier does not sign
+    signs_stream: bool = False  # the stream socket's upgrade is signed too, not only the webhook
+
+    def signing_for(self, settings: TelephonySettings) -> Signing | None:
+        """The signature check to apply, or None when this carrier's requests go unchecked."""
+        signing = self.signing(settings) if self.signing is not None else None
+        return signing if signing is not None and signing.enabled else None
+
+
+@dataclass(frozen=True)
+class _TwilioScheme:
+    """Twilio's scheme (SignalWire's too, with its signing key) as a :class:`Signing`."""
+
+    signing: TwilioSigning
+
+    @property
+    def enabled(self) -> bool:
+        return self.signing.enabled
+
+    def verify(self, request: SignedRequest) -> bool:
+        body = None if request.form is not None else request.body  # a raw body is signed by its hash in the URL
+        return self.signing.verify(request.headers, request.url, request.form or (), body)
+
+
+def _twilio_signing(settings: TelephonySettings) -> Signing:
+    return _TwilioScheme(TwilioSigning(settings.twilio_auth_token, settings.twilio_shared_key_secret))
+
+
+CARRIERS: dict[str, Carrier] = {
+    carrier.name: carrier
+    for carrier in (
+        Carrier("twilio", Transport.TWILIO, TwilioSerializer, markup.twiml, _twilio_signing, signs_stream=True),
+    )
+}
+
+
+def carrier_of(path: str) -> Carrier | None:
+    """The carrier a ``/v1/telephony/{name}/...`` path belongs to."""
+    if not path.startswith(PREFIX):
+        return None
+    return CARRIERS.get(path[len(PREFIX) :].partition("/")[0])
