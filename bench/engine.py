@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 import cosyvoice.runtime.tokens as runtime_tokens  # noqa: E402
 from cosyvoice.engine import Audio, Mode, SavedVoice, SynthesisRequest  # noqa: E402
-from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions  # noqa: E402
+from cosyvoice.runtime.engine import CosyVoiceEngine, CosyVoiceOptions  # noqa: E402
 from cosyvoice.text import ClauseOptions  # noqa: E402
 from tools.make_cosyvoice_model import make_model  # noqa: E402
 

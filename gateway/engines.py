@@ -29,7 +29,7 @@ def build_engine(settings: Settings) -> Engine:
         return ReplayEngine(settings.engine.replay_audio, max_text_chars=limit)
     if settings.engine.model_dir:
         # Imported here: torch is an optional extra, and the embedded voice needs none of it.
-        from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
+        from cosyvoice.runtime.engine import CosyVoiceEngine, CosyVoiceOptions
 
         options = options_from(
             CosyVoiceOptions, settings.cosyvoice, model_dir=settings.engine.model_dir, device=settings.engine.device

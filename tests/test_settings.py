@@ -78,7 +78,7 @@ def test_bad_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_engine_options_come_from_settings_with_the_same_defaults() -> None:
     """Each engine option has a setting of its name, and its default is the setting's: none silently diverges."""
-    torch_engine = pytest.importorskip("cosyvoice.model.engine")
+    torch_engine = pytest.importorskip("cosyvoice.runtime.engine")
     settings = Settings()
     assert options_from(EmbeddedOptions, settings.embedded) == EmbeddedOptions()
     cosyvoice = options_from(torch_engine.CosyVoiceOptions, settings.cosyvoice, model_dir="m", device="auto")

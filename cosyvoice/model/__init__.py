@@ -1,4 +1,4 @@
-"""The clean-room CosyVoice engine: model code for v1/v2/v3, the loader, and the engine.
+"""The clean-room CosyVoice networks for v1/v2/v3 and their loader (the engine is :mod:`cosyvoice.runtime.engine`).
 
 Importing this package needs torch (the ``cosyvoice`` extra); the gateway imports
 it only when a model directory is configured.

@@ -1,4 +1,4 @@
-"""The low-latency CosyVoice runtime: sessions, their streaming schedule, and the scheduler.
+"""The low-latency CosyVoice runtime: the engine, its sessions, their streaming schedule, and the scheduler.
 
 Every clause in flight is a :class:`~cosyvoice.runtime.session.Session`. Two
 worker threads serve all of them: one advances the language model for every

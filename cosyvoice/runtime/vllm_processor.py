@@ -1,6 +1,6 @@
 """The vLLM logits processor for CosyVoice requests (imported by vLLM's engine; needs vllm).
 
-A thin adapter: the work is :class:`~cosyvoice.runtime.vllm.RasRows`, which
+A thin adapter: the work is :class:`~cosyvoice.runtime.ras.RasRows`, which
 reads the model's sampling settings and head bias from the exported model
 directory vLLM was started on.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-from cosyvoice.runtime.vllm import RasConfig, RasRows
+from cosyvoice.runtime.ras import RasConfig, RasRows
 
 
 class RasLogitsProcessor(LogitsProcessor):

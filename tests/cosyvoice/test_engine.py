@@ -10,7 +10,7 @@ import pytest
 
 from cosyvoice.engine import Audio, Mode, SavedVoice, SynthesisRequest
 from cosyvoice.errors import UnsupportedMode
-from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
+from cosyvoice.runtime.engine import CosyVoiceEngine, CosyVoiceOptions
 from cosyvoice.text import ClauseOptions
 
 RATE = 24000
@@ -85,7 +85,7 @@ async def test_bfloat16_streams_the_same_tokens_as_it_renders_whole(model_dirs, 
 def test_auto_precision_follows_the_machine(monkeypatch, flags, device, expected):
     import torch
 
-    from cosyvoice.model import engine as module
+    from cosyvoice.runtime import engine as module
 
     monkeypatch.setattr(module, "_cpu_flags", lambda: flags)
     assert module.resolve_dtype("auto", device) == getattr(torch, expected)
@@ -98,7 +98,7 @@ def test_auto_precision_follows_the_machine(monkeypatch, flags, device, expected
 async def test_auto_is_the_default_and_resolved_at_load(model_dirs, monkeypatch):
     import torch
 
-    from cosyvoice.model import engine as module
+    from cosyvoice.runtime import engine as module
 
     assert CosyVoiceOptions("x").dtype == "auto"
     monkeypatch.setattr(module, "_cpu_flags", lambda: {"avx512_bf16"})

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from cosyvoice.model.sampling import SamplingOptions, ras, ras_distribution
-from cosyvoice.runtime.vllm import MIN_LEN_ARG, RasConfig, RasRows, export
+from cosyvoice.runtime.ras import MIN_LEN_ARG, RasConfig, RasRows
+from cosyvoice.runtime.vllm import export
 
 OPTIONS = SamplingOptions()
 
@@ -133,7 +134,7 @@ def test_export_is_the_backbone_with_the_speech_vocabulary(generation, models, t
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
 async def test_vllm_backend_without_vllm_names_the_extra(model_dirs):
-    from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
+    from cosyvoice.runtime.engine import CosyVoiceEngine, CosyVoiceOptions
 
     engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[2]), device="cpu", llm_backend="vllm"))
     with pytest.raises(RuntimeError, match=r"vllm.*cosyvoice-gateway\[vllm\]"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cosyvoice.engine import Mode, SynthesisRequest
-from cosyvoice.model.engine import CosyVoiceEngine, CosyVoiceOptions
+from cosyvoice.runtime.engine import CosyVoiceEngine, CosyVoiceOptions
 from cosyvoice.text import ClauseOptions
 from cosyvoice.timing import TimingSource, word_spans
 
