@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from starlette.datastructures import UploadFile as FormFile
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from cosyvoice.voices import VoiceScope, check_id
 from gateway.auth import caller_of
@@ -47,6 +47,13 @@ class VoiceJson(BaseModel):
 class VoiceChange(BaseModel):
     id: str | None = None  # a new id
     owner: str | None = None  # admin keys: the tenant (key name) the voice now belongs to; null: none (admins only)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> VoiceChange:
+        # A validation error, so the 422 has the documented shape (a list of problems), not a bare string.
+        if self.id is None and "owner" not in self.model_fields_set:
+            raise ValueError("send a new 'id', or (admin keys) an 'owner'")
+        return self
 
 
 @router.get("")
@@ -176,8 +183,6 @@ async def change_voice(
     services: Services = Depends(get_services),
 ) -> dict:
     """Rename (``id``) and, with an admin key, hand to another tenant (``owner``)."""
-    if body.id is None and "owner" not in body.model_fields_set:
-        raise HTTPException(422, "send a new 'id', or (admin keys) an 'owner'")
     info = registry.info(voice_id)
     if "owner" in body.model_fields_set:
         if not caller_of(request).admin:
