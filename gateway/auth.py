@@ -266,9 +266,10 @@ def caller_of(connection: HTTPConnection) -> Caller:
     return connection.scope.get("state", {}).get("caller", NOBODY)
 
 
-async def accept(websocket) -> None:
-    """Accept a WebSocket, echoing the ``bearer.<key>`` subprotocol if the client authenticated with one
+async def accept(websocket, protocol: str | None = None) -> None:
+    """Accept a WebSocket, echoing ``protocol`` if offered (a dialect's own, as jambonz's), else the
+    ``bearer.<key>`` subprotocol if the client authenticated with one
     (browsers drop a connection whose offered subprotocols were all ignored)."""
     offered = websocket.scope.get("subprotocols", [])
-    chosen = next((p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)), None)
+    chosen = protocol if protocol in offered else next((p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)), None)
     await websocket.accept(subprotocol=chosen)

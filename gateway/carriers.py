@@ -14,8 +14,13 @@ from typing import Protocol
 from gateway.settings import TelephonySettings
 from signaling import markup
 from signaling.markup import MarkupBuilder
+from signaling.serializers import jambonz
+from signaling.serializers.asterisk import AsteriskSerializer
 from signaling.serializers.base import CarrierSerializer
+from signaling.serializers.freeswitch import FreeSwitchSerializer
+from signaling.serializers.jambonz import JambonzSerializer
 from signaling.serializers.twilio import TwilioSerializer
+from signaling.serializers.vonage import VonageSerializer
 from signaling.session import Transport
 from signaling.twilio_signature import TwilioSigning
 
@@ -50,6 +55,7 @@ class Carrier:
     markup: MarkupBuilder | None = None  # the voice webhook's answer; None: the carrier has no markup webhook
     signing: Callable[[TelephonySettings], Signing] | None = None  # None: the carrier does not sign
     signs_stream: bool = False  # the stream socket's upgrade is signed too, not only the webhook
+    subprotocol: str | None = None  # a WebSocket subprotocol the carrier offers and needs answered
 
     def signing_for(self, settings: TelephonySettings) -> Signing | None:
         """The signature check to apply, or None when this carrier's requests go unchecked."""
@@ -80,6 +86,10 @@ CARRIERS: dict[str, Carrier] = {
     carrier.name: carrier
     for carrier in (
         Carrier("twilio", Transport.TWILIO, TwilioSerializer, markup.twiml, _twilio_signing, signs_stream=True),
+        Carrier("vonage", Transport.VONAGE, VonageSerializer, markup.ncco),
+        Carrier("jambonz", Transport.JAMBONZ, JambonzSerializer, markup.jambonz_listen, subprotocol=jambonz.SUBPROTOCOL),
+        Carrier("freeswitch", Transport.FREESWITCH, FreeSwitchSerializer),
+        Carrier("asterisk", Transport.ASTERISK, AsteriskSerializer),
     )
 }
 

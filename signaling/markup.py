@@ -7,11 +7,15 @@ way its carrier hands them back in the stream's start.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
+from signaling.serializers import jambonz, vonage
+
 XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?>'
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -31,3 +35,25 @@ def twiml(stream_url: str, parameters: Mapping[str, str]) -> Markup:
 def _stream(stream_url: str, parameters: Mapping[str, str], attributes: str = "") -> str:
     tags = "".join(f"<Parameter name={quoteattr(name)} value={quoteattr(value)}/>" for name, value in parameters.items())
     return f"<Stream url={quoteattr(stream_url)}{attributes}>{tags}</Stream>"
+
+
+def ncco(stream_url: str, parameters: Mapping[str, str]) -> Markup:
+    """Vonage's NCCO: ``connect`` to a ``websocket`` endpoint in 16 kHz L16; parameters as ``headers``, back in
+    ``websocket:connected``."""
+    endpoint = {"type": "websocket", "uri": stream_url, "content-type": vonage.content_type(vonage.WIDEBAND)}
+    return Markup(json.dumps([{"action": "connect", "endpoint": [endpoint | {"headers": dict(parameters)}]}]), JSON)
+
+
+def jambonz_listen(stream_url: str, parameters: Mapping[str, str]) -> Markup:
+    """A jambonz application: ``listen`` with streaming bidirectional audio and DTMF; parameters as ``metadata``."""
+    rate = jambonz.PHONE_RATE
+    listen = {
+        "verb": "listen",
+        "url": stream_url,
+        "sampleRate": rate,
+        "mixType": "mono",
+        "passDtmf": True,
+        "bidirectionalAudio": {"enabled": True, "streaming": True, "sampleRate": rate},
+        "metadata": dict(parameters),
+    }
+    return Markup(json.dumps([listen]), JSON)

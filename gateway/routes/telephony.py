@@ -58,7 +58,7 @@ async def carrier_stream(websocket: WebSocket, carrier: str, services: Services 
             log.warning("refused a %s stream with an invalid signature", known.name)
             await websocket.close(code=CloseCode.POLICY_VIOLATION)  # before accept: the upgrade is answered 403
             return
-    await accept(websocket)
+    await accept(websocket, known.subprotocol)
     call = WebSocketCall(
         websocket,
         known.serializer(),

@@ -32,13 +32,13 @@ from signaling.serializers.linear import json_object, pcm_media, sample_rate_of,
 
 SUBPROTOCOL = "audio.jambonz.org"
 RATES = (8000, 16000, 24000, 48000)  # the listen verb's rates that our sessions run at
+PHONE_RATE = 8000  # what our listen verb asks for: the listen verb's default, the phone network's rate
 KILL_AUDIO = json.dumps({"type": "killAudio"})
 
 
 class JambonzSerializer(CarrierSerializer):
     name = "jambonz"
     echoes_marks = True
-    subprotocol = SUBPROTOCOL
 
     def __init__(self) -> None:
         self.sample_rate: int | None = None

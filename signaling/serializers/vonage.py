@@ -34,6 +34,7 @@ from signaling.serializers.base import (
 from signaling.serializers.linear import json_object, pcm_media, sample_rate_of, scalar_fields
 
 RATES = (8000, 16000)
+WIDEBAND = 16000  # what our NCCO asks for: Vonage carries 16 kHz where the call's leg can
 CONTENT_TYPE = re.compile(r"\s*audio/l16\s*;\s*rate\s*=\s*(\d+)\s*$", re.IGNORECASE)
 MARK_FIELD = "mark"  # our notify payloads are {"mark": name}
 CLEAR = json.dumps({"action": "clear"})
