@@ -1,0 +1,139 @@
+"""Text-fed ("bistream") decoding against upstream's, on the tiny v2 model.
+
+The fixture (tools/cosyvoice_reference_bistream.py, run in the reference venv)
+scripts the sampler: argmax over the speech tokens, the fill token at given
+calls, the stop token late in the tail. Ours takes the same scripted choices;
+the tokens must match exactly and every call's log-probabilities within the
+LLM's float32 rounding bound, so the whole input layout is checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cosyvoice.model.bistream import MIX_SPEECH, Phase, TextFedDecoding
+from tests.cosyvoice.test_parity import llm_bound, max_error
+from tests.cosyvoice.conftest import FIXTURES
+from tools.cosyvoice_reference_fixtures_check import fingerprint
+
+
+
+@pytest.fixture(scope="module")
+def bistream_reference() -> dict:
+    return torch.load(FIXTURES / "reference_v2_bistream.pt", weights_only=True)
+
+
+class Scripted:
+    """The fixture's sampler: the same rule, applied to our log-probabilities (recorded per call)."""
+
+    def __init__(self, case: dict, lm) -> None:
+        self.speech, self.fill = lm.speech_token_size, lm.speech_token_size + 2  # v2: eos, unused, fill
+        opens = torch.cumsum(case["open"].long(), 0).tolist()  # the ordinal of each open-text call
+        self.fill_calls = {n for n, o, c in zip(opens, case["open"].tolist(), case["choices"].tolist())
+                           if o and c == self.fill}
+        self.tail_calls = int((~case["open"]).sum()) - 1  # the last one took the stop token
+        self.rows: list[torch.Tensor] = []
+        self.phases: list[Phase] = []
+
+    def __call__(self, logp: torch.Tensor, history: list[int], phase: Phase) -> int:
+        self.rows.append(logp.clone())
+        self.phases.append(phase)
+        if phase is Phase.OPEN and self.phases.count(Phase.OPEN) in self.fill_calls:
+            return self.fill
+        if phase is Phase.CLOSED and self.phases.count(Phase.CLOSED) > self.tail_calls:
+            return self.speech  # v2's stop token
+        return int(logp[: self.speech].argmax())
+
+
+def run(lm, case: dict, choose) -> list[int]:
+    """All pieces fed up front (they go in one per fill, as upstream pulls its generator), then closed."""
+    decoding = TextFedDecoding(lm, case["prompt_text"], case["prompt_speech"], choose=choose)
+    for piece in case["pieces"]:
+        decoding.feed(piece)
+    decoding.close()
+    tokens = []
+    while not decoding.done:
+        token = decoding.step()
+        if token is not None:
+            tokens.append(token)
+    return tokens
+
+
+def test_fixture_matches_the_generator(model_dirs, bistream_reference):
+    expected = bistream_reference["fingerprint"]
+    actual = fingerprint(model_dirs[2])
+    for key in expected:
+        assert actual[key] == pytest.approx(expected[key], rel=1e-6), f"{key}.pt differs: regenerate the fixture"
+
+
+@pytest.mark.parametrize("name", ["plain", "prompt"])
+def test_tokens_and_logprobs_match_upstream(models, bistream_reference, name):
+    case = bistream_reference[name]
+    choose = Scripted(case, models[2].llm)
+    tokens = run(models[2].llm, case, choose)
+    assert tokens == case["tokens"].tolist()
+    ours = torch.stack(choose.rows)
+    theirs = case["logp"]
+    assert [p is Phase.OPEN for p in choose.phases] == case["open"].tolist()
+    finite = torch.isfinite(theirs)
+    # our open-text rows bar the non-fill stop ids (upstream rejects them after drawing): compare speech + fill
+    columns = list(range(choose.speech)) + [choose.fill]
+    error = max_error(torch.where(finite, ours, 0)[:, columns], torch.where(finite, theirs, 0)[:, columns])
+    assert error < llm_bound(theirs)
+
+
+def test_a_misplaced_text_block_misses_the_bound(models, bistream_reference, monkeypatch):
+    """The bound is tight enough to see a layout mistake: text blocks of 4, not 5."""
+    from cosyvoice.model import bistream
+
+    monkeypatch.setattr(bistream, "MIX_TEXT", 4)
+    case = bistream_reference["prompt"]
+    choose = Scripted(case, models[2].llm)
+    run(models[2].llm, case, choose)
+    n = min(len(choose.rows), case["logp"].size(0))
+    ours, theirs = torch.stack(choose.rows[:n])[:, : choose.speech], case["logp"][:n, : choose.speech]
+    assert max_error(ours, theirs) > 100 * llm_bound(case["logp"])
+
+
+def test_fills_come_every_mix_speech_plus_one_tokens_after_the_first(models, bistream_reference):
+    case = bistream_reference["plain"]
+    choose = Scripted(case, models[2].llm)
+    decoding = TextFedDecoding(models[2].llm, case["prompt_text"], case["prompt_speech"], choose=choose)
+    for piece in case["pieces"]:
+        decoding.feed(piece)
+    decoding.close()
+    while not decoding.done:
+        decoding.step()
+    fills = [i for i, t in enumerate(decoding.tokens) if t == decoding.fill]
+    # chosen at the 6th and 21st open calls (the fixture's script), then forced every MIX_SPEECH + 1
+    assert fills[:2] == [5, 20] and len(fills) > 3
+    assert all(b - a == MIX_SPEECH + 1 for a, b in zip(fills[1:], fills[2:]))
+
+
+def test_waits_for_text_and_ends_after_close(models):
+    """Without text it takes no step; a block of text lets it run to a fill; the close ends it."""
+    lm = models[2].llm
+    fill = lm.speech_token_size + 2
+
+    def choose(logp, history, phase):  # a random tiny model seldom picks fill: take it as the fourth token
+        return fill if phase is Phase.OPEN and len(history) == 3 else int(logp[: lm.speech_token_size].argmax())
+
+    empty = torch.zeros(0, dtype=torch.long)
+    decoding = TextFedDecoding(lm, empty, empty, choose=choose)
+    assert decoding.waiting and decoding.step() is None
+    decoding.feed(torch.tensor([5, 6, 7]))
+    assert decoding.step() is None and decoding.waiting  # three tokens: less than a block
+    decoding.feed(torch.tensor([8, 9]))
+    produced = []
+    while not decoding.waiting:
+        token = decoding.step()
+        if token is not None:
+            produced.append(token)
+    assert produced == decoding.tokens[:3] and decoding.tokens[-1] == fill
+    decoding.close()
+    while not decoding.done:
+        decoding.step()
+    assert decoding.tokens[-1] in lm.stop_tokens or decoding.spoken >= 20 * 5
+    with pytest.raises(ValueError):
+        decoding.feed(torch.tensor([1]))
