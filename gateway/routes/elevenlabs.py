@@ -7,9 +7,9 @@ Clients take a base URL (``ws://host:8000/elevenlabs``, ``http://host:8000/eleve
 header, or in the first message's ``xi_api_key`` (or ``authorization``) field.
 
 Alignments (``alignment`` and, identical here, ``normalizedAlignment``) give characters with start times
-and durations in ms. On the WebSocket each alignment's times count from where the previous one ended,
-as ElevenLabs' own do (pipecat adds them up), so alignments may come in messages of their own, after
-the audio they describe. ``close_context`` speaks what was flushed and drops text sent after the last
+and durations in ms. On the WebSocket each alignment's times count from where the previous one ended
+(pipecat adds them up), or with ``sync_alignment=true`` (LiveKit) from the context's start; alignments
+may come in messages of their own, after the audio they describe. ``close_context`` speaks what was flushed and drops text sent after the last
 flush (an interrupted reply: the engine stops at once), then ``isFinal``.
 """
 
@@ -196,7 +196,7 @@ class _Connection:
     async def _pump(self, key: str, context: SpeechContext) -> None:
         assert self.format is not None
         encoder = self.format.encoder(context.output_rate)
-        alignment = _AlignmentClock()
+        alignment = _AlignmentClock(from_start=self.websocket.query_params.get("sync_alignment") == "true")
         context_field = {"contextId": key} if self.multi else {}
         async for piece in context:
             if isinstance(piece, AudioOut):
@@ -283,9 +283,14 @@ def _check_generation_config(config: object) -> None:
 
 @dataclass
 class _AlignmentClock:
-    """Character alignments in pieces: each piece's times count from the end of the one before, in whole ms
-    (so a client adding them up never drifts)."""
+    """Character alignments in pieces, in whole ms (so a client adding them up never drifts).
 
+    ElevenLabs' clients read the times two ways: pipecat counts each piece from where the one before
+    ended and adds them up; LiveKit, which asks for ``sync_alignment=true``, reads them as times from
+    the context's start (``from_start``). Each gets the times it reads correctly.
+    """
+
+    from_start: bool = False
     chars: int = 0  # characters aligned so far
     clock_ms: int = 0  # where the last piece ended
 
@@ -301,7 +306,7 @@ class _AlignmentClock:
         ends = [self.clock_ms + round(max(0.0, end) * 1000) for _, end in spans]
         piece = {
             "chars": list(text[self.chars : upto]),
-            "charStartTimesMs": [start - self.clock_ms for start in starts],
+            "charStartTimesMs": starts if self.from_start else [start - self.clock_ms for start in starts],
             "charDurationsMs": [max(0, end - start) for start, end in zip(starts, ends, strict=True)],
         }
         self.chars, self.clock_ms = upto, max(self.clock_ms, ends[-1])
