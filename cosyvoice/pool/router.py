@@ -10,6 +10,8 @@ outweighs load: a replica holding the voice but busier than the rest waits its t
 
 from __future__ import annotations
 
+import random
+
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 # Queued first audio comes from each replica's report, up to ``request_routing_stats_period_s`` old: replicas
@@ -42,7 +44,9 @@ def rank_replicas(replicas, *, voice: str, prefer: str, avoid: frozenset[str]) -
     others = [r for r in near if r not in holders]
     busier = [r for r in rest if r not in near]
     shunned = [r for r in replicas if r.replica_id.unique_id in avoid]
-    return [rank for rank in (pinned, holders, others, busier, shunned) if rank]
+    # Ray Serve takes a rank's least loaded replica, the first of equals: in random order, clauses routed
+    # at the same moment (before any has counted on a replica's load) spread instead of all taking the first.
+    return [random.sample(rank, len(rank)) for rank in (pinned, holders, others, busier, shunned) if rank]
 
 
 def _queued(replica) -> int:
