@@ -15,8 +15,9 @@ the speech history used by repetition-aware sampling includes the fill tokens,
 and the input that closes the text repeats the last input already fed (upstream
 re-sends its stale step input ahead of the remaining text). Past upstream, the
 tail is capped at :data:`MAX_RATIO` speech tokens per text token (upstream has
-no cap there) and stop ids other than fill are barred while text is open
-(upstream raises on them).
+no cap there; while text is open the cap forces a fill instead, so a model
+that never asks for text still takes it) and stop ids other than fill are
+barred while text is open (upstream raises on them).
 """
 
 from __future__ import annotations
@@ -54,17 +55,20 @@ class TextFedDecoding:
     """
 
     def __init__(
-        self, lm: Qwen2LM, prompt_text: Tensor, prompt_speech: Tensor, *, seed: int | None = None,
+        self, lm: Qwen2LM, prompt_text: Tensor, prompt_speech: Tensor, *, head: int = 0, seed: int | None = None,
         choose: Chooser | None = None,
     ) -> None:
+        """``head``: how many leading prompt-text tokens go in right after sos rather than into the text
+        blocks (v3: its system prompt through ``<|endofprompt|>``; v2: none)."""
         if not isinstance(lm, Qwen2LM):
             raise ValueError("text-fed decoding needs a Qwen2-based model (v2, v3)")
         self.lm = lm
         self.fill = lm.speech_token_size + (CosyVoice3LM.FILL if isinstance(lm, CosyVoice3LM) else 2)
         sos, self.task = (row.view(1, 1, -1) for row in lm.specials())
-        self.pending: Tensor | None = sos  # input not yet run
+        prompt_text = prompt_text.view(-1)
+        self.pending: Tensor | None = torch.cat([sos, self._embed_text(prompt_text[:head])], dim=1)  # not yet run
         self.last_fed: Tensor | None = None
-        self.text = self._embed_text(prompt_text)
+        self.text = self._embed_text(prompt_text[head:])
         self.prompt_speech = lm.speech_embedding(prompt_speech.view(1, -1))
         self.wants_text = prompt_speech.numel() == 0  # nothing to continue from: start on a text block
         self.needs_piece = True  # ready to take the next piece of text
@@ -145,17 +149,20 @@ class TextFedDecoding:
             self.next_fill = len(self.tokens) + MIX_SPEECH
             self.needs_piece = self.wants_text = True
             return None
-        if token in self.lm.stop_tokens or self.spoken >= MAX_RATIO * max(self.text_fed, 1):
+        if token in self.lm.stop_tokens or (self.tail_started and self.spoken >= self._most()):
             self.done = True
             return None
         self.spoken += 1
         self.pending = self.lm.speech_embedding.weight[token].view(1, 1, -1)
         return token
 
+    def _most(self) -> int:
+        return MAX_RATIO * max(self.text_fed, 1)
+
     def _next_token(self) -> int:
         if self.tail_started:
             return self.choose(self.logp, self.tokens, Phase.CLOSED)
-        if self.next_fill is not None and len(self.tokens) == self.next_fill:
+        if (self.next_fill is not None and len(self.tokens) == self.next_fill) or self.spoken >= self._most():
             return self.fill
         logp = self.logp.clone()
         barred = torch.ones_like(logp, dtype=torch.bool)

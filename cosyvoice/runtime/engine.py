@@ -17,7 +17,7 @@ import os
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cosyvoice.engine import Audio, Capabilities, Emit, Engine, Mode, SynthesisRequest
-from cosyvoice.errors import EngineFailure, InvalidRequest
+from cosyvoice.engine import Audio, AudioStream, Capabilities, Emit, Engine, Mode, SynthesisRequest
+from cosyvoice.errors import EngineFailure, EngineUnavailable, InvalidRequest, UnsupportedMode
 from cosyvoice.model.features import resample
 from cosyvoice.model.frontend import MAX_PROMPT_SECONDS, TextNormalizer
 from cosyvoice.model.loader import Components, load_model
@@ -36,9 +36,10 @@ from cosyvoice.runtime.prompt_cache import PromptCache
 from cosyvoice.runtime.render import FlowRenderer, Renderer, WindowRenderer
 from cosyvoice.runtime.schedule import HopSchedule
 from cosyvoice.runtime.scheduler import Scheduler, TokenStage
-from cosyvoice.runtime.session import END, LLM_DONE, Session
+from cosyvoice.runtime.session import END, LLM_DONE, Session, TextFeed
 from cosyvoice.runtime.tokens import TorchTokens
 from cosyvoice.text import ClauseOptions, split_clauses
+from cosyvoice.text_stream import TextStream
 from cosyvoice.timing import spread, word_spans
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,78 @@ class CosyVoiceEngine(Engine):
         finally:
             for session, _ in started:
                 self.scheduler.cancel(session)
+
+    # -- text as it arrives (v2/v3) ----------------------------------------------
+    @property
+    def text_streaming(self) -> bool:
+        """v2/v3 on the torch LLM stage take text as it arrives (vLLM has no text-fed decoding)."""
+        return self.components is not None and self.components.generation > 1 and self.options.llm_backend == "torch"
+
+    def synthesize_text_stream(self, request: SynthesisRequest, text: TextStream) -> AudioStream:
+        """Speak ``request.text`` and then every piece of ``text`` as one utterance (one decoding), the
+        model taking text as it asks for it. Pieces are tokenized as they come and not normalized (a
+        number split across pieces would be read wrong), as upstream does."""
+        if not self._ready:
+            raise EngineUnavailable("engine 'cosyvoice' is not ready")
+        if not self.text_streaming:
+            raise UnsupportedMode("text streaming needs a CosyVoice v2/v3 model on llm_backend = 'torch'")
+        if request.mode is Mode.VC:
+            raise UnsupportedMode("voice conversion has no text to stream")
+        self.validate(request)
+        return AudioStream(self._capabilities.sample_rate, lambda emit: self._produce_text_stream(request, text, emit))
+
+    async def _produce_text_stream(self, request: SynthesisRequest, text: TextStream, emit: Emit) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        session: Session | None = None
+
+        async def pump(feed: TextFeed, device: torch.device) -> None:
+            feed.pieces.append(self._text_ids(request.text, device))
+            self.scheduler.wake()
+            async for piece in text.pieces():
+                feed.pieces.append(self._text_ids(piece, device))
+                self.scheduler.wake()
+            feed.closed = True
+            self.scheduler.wake()
+
+        pumping = None
+        try:
+            prompt, head = await loop.run_in_executor(self._executor, self._text_fed_prompt, request)
+            feed = TextFeed(head=head)
+            session = Session(
+                prompt, None, partial(loop.call_soon_threadsafe, queue.put_nowait), stream=True, speed=request.speed,
+                seed=request.seed if request.seed > 0 else None, generation=self.components.generation, feed=feed,
+            )
+            pumping = asyncio.create_task(pump(feed, prompt.flow_feat.device))
+            self.scheduler.submit(session)
+            while (item := await queue.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise item
+                if item is not LLM_DONE:
+                    await emit(item)
+        except (asyncio.CancelledError, InvalidRequest):
+            raise
+        except Exception as error:
+            log.exception("CosyVoice text-stream synthesis failed")
+            raise EngineFailure(f"synthesis failed: {error}") from error
+        finally:
+            if pumping is not None:
+                pumping.cancel()
+            if session is not None:
+                self.scheduler.cancel(session)
+
+    def _text_fed_prompt(self, request: SynthesisRequest) -> tuple[ModeInputs, int]:
+        """The mode inputs, and how many prompt-text tokens precede the text blocks: v3's system prompt
+        through ``<|endofprompt|>`` (added when the prompt has none), none for v2."""
+        prompt = self._prompt(request)
+        if self.components.generation < 3:
+            return prompt, 0
+        marker = self.components.tokenizer.encode(END_OF_PROMPT)[-1]
+        ids = prompt.prompt_text.tolist()
+        if marker in ids:
+            return prompt, ids.index(marker) + 1
+        system = self._text_ids(f"{V3_SYSTEM}{END_OF_PROMPT}", prompt.prompt_text.device)
+        return replace(prompt, prompt_text=torch.cat([system, prompt.prompt_text])), system.numel()
 
     def _session(self, request: SynthesisRequest, prompt: ModeInputs, piece: Piece, deliver) -> Session:
         text = piece if isinstance(piece, Tensor) else None

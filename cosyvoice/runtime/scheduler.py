@@ -137,6 +137,11 @@ class Scheduler:
                 self._joining.append(session)
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """New text for a text-fed session: the token worker may have work again."""
+        with self._cond:
+            self._cond.notify_all()
+
     def cancel(self, session: Session) -> None:
         """Stop all work for ``session`` (no-op once it has finished)."""
         with self._cond:

@@ -10,6 +10,7 @@ session without audio yet is already due, since it was created.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,9 +40,24 @@ END = Marker("end")  # the last chunk has been delivered
 
 
 @dataclass(eq=False)
+class TextFeed:
+    """Text token ids for a text-fed session, arriving while it decodes: the event loop appends pieces
+    and closes it, the token worker takes them (a deque is safe for one appender and one taker)."""
+
+    head: int = 0  # leading prompt-text tokens that precede the text blocks (v3: through <|endofprompt|>)
+    pieces: deque[Tensor] = field(default_factory=deque)
+    closed: bool = False
+
+    @property
+    def pending(self) -> bool:
+        """Something for the token worker: a piece, or the close."""
+        return bool(self.pieces) or self.closed
+
+
+@dataclass(eq=False)
 class Session:
     prompt: ModeInputs
-    text: Tensor | None  # text token ids; None for voice conversion
+    text: Tensor | None  # text token ids; None for voice conversion and text-fed sessions
     deliver: Callable[[np.ndarray | Marker | BaseException], None]
     stream: bool = True
     speed: float = 1.0
@@ -55,6 +71,7 @@ class Session:
     audio_seconds: float = 0.0
     render: Any = None  # the renderer's per-session state
     silent_run: int = 0
+    feed: TextFeed | None = None  # text-fed (v2/v3): the text arrives while it decodes
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed) if self.seed else None

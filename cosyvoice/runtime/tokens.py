@@ -5,13 +5,16 @@ and then advances all of them in one batched forward pass; sessions join as
 soon as their prompt is prefilled (a chunk of positions per step, so a long
 prompt does not stall everyone else's tokens) and leave the batch the step
 after they end or are cancelled. Sampling stays per session: repetition-aware
-sampling over its own history, from its own seeded generator.
+sampling over its own history, from its own seeded generator. Text-fed
+sessions (:class:`~cosyvoice.model.bistream.TextFedDecoding`) step one at a
+time beside the batch, and only while they have text to go on.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+from cosyvoice.model.bistream import TextFedDecoding
 from cosyvoice.model.llm import Decoding, Prefill, SpeechLM
 from cosyvoice.runtime.session import Session
 
@@ -30,13 +33,21 @@ class TorchTokens:
         self.waiting: deque[Session] = deque()
         self.prefill: Prefill | None = None
         self.running: dict[Session, Decoding] = {}
+        self.fed: dict[Session, TextFedDecoding] = {}
 
     @property
     def active(self) -> int:
-        return len(self.waiting) + len(self.running)
+        """Sessions a step would serve (a text-fed one waiting for text does not count)."""
+        fed = sum(1 for s, d in self.fed.items() if s.feed.pending or not d.waiting)
+        return len(self.waiting) + len(self.running) + fed
 
     def add(self, session: Session) -> None:
-        self.waiting.append(session)
+        if session.feed is None:
+            self.waiting.append(session)
+            return
+        p = session.prompt
+        self.fed[session] = TextFedDecoding(self.llm, p.prompt_text, p.llm_speech, head=session.feed.head,
+                                            seed=session.seed)
 
     def remove(self, session: Session) -> None:
         """Stop decoding ``session`` and free what it holds (at once: between steps)."""
@@ -47,6 +58,7 @@ class TorchTokens:
         state = self.running.pop(session, None)
         if state is not None:
             self.batch.remove(state)
+        self.fed.pop(session, None)
 
     def step(self) -> list[tuple[Session, int | None]]:
         """One prefill chunk for the oldest waiting session, then one token for every running one
@@ -63,7 +75,24 @@ class TorchTokens:
                 out.append((session, token))
                 fed[id(state)] = token
         self.batch.advance(fed)
+        for session, decoding in list(self.fed.items()):
+            out.extend(self._step_fed(session, decoding))
         return out
+
+    def _step_fed(self, session: Session, decoding: TextFedDecoding) -> list[tuple[Session, int | None]]:
+        feed = session.feed
+        closed = feed.closed  # read first: a close comes after the last piece
+        while feed.pieces:
+            decoding.feed(feed.pieces.popleft())
+        if closed and not decoding.closed:
+            decoding.close()
+        token = decoding.step()
+        if token is not None:
+            return [(session, token)]
+        if decoding.done:
+            self.fed.pop(session)
+            return [(session, None)]
+        return []
 
     def _prefill(self) -> None:
         if not self.waiting:

@@ -9,10 +9,16 @@ LLM's float32 rounding bound, so the whole input layout is checked.
 
 from __future__ import annotations
 
+import asyncio
+
+import numpy as np
 import pytest
 import torch
 
+from cosyvoice.engine import Mode, SynthesisRequest
+from cosyvoice.errors import UnsupportedMode
 from cosyvoice.model.bistream import MIX_SPEECH, Phase, TextFedDecoding
+from cosyvoice.text_stream import TextStream, TextStreamingEngine
 from tests.cosyvoice.test_parity import llm_bound, max_error
 from tests.cosyvoice.conftest import FIXTURES
 from tools.cosyvoice_reference_fixtures_check import fingerprint
@@ -137,3 +143,67 @@ def test_waits_for_text_and_ends_after_close(models):
     assert decoding.tokens[-1] in lm.stop_tokens or decoding.spoken >= 20 * 5
     with pytest.raises(ValueError):
         decoding.feed(torch.tensor([1]))
+
+
+# -- through the engine ---------------------------------------------------------------------------------
+
+PIECES = ["Hello there,", " this is", " a reply", " that arrives", " word by word."]
+
+
+@pytest.fixture
+async def engine(model_dirs):
+    from cosyvoice.runtime.engine import CosyVoiceEngine, CosyVoiceOptions
+
+    engine = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[2]), device="cpu"))
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+async def speak(engine, delay: float) -> np.ndarray:
+    """PIECES through a TextStream, the later ones ``delay`` seconds apart while the audio plays."""
+    text = TextStream()
+    stream = engine.synthesize_text_stream(SynthesisRequest(text=PIECES[0], mode=Mode.SFT, seed=7), text)
+
+    async def writer() -> None:
+        for piece in PIECES[1:]:
+            await asyncio.sleep(delay)
+            text.append(piece)
+        text.close()
+
+    task = asyncio.create_task(writer())
+    chunks = [chunk async for chunk in stream]
+    await task
+    return np.concatenate(chunks)
+
+
+async def test_one_decoding_for_the_whole_reply_whatever_the_text_timing(engine):
+    """Text goes in when the model asks for it, so when it arrives does not change the speech: the
+    reply's tokens are those of one text-fed decoding of all its pieces (960 samples per token)."""
+    at_once, trickled = await speak(engine, 0.0), await speak(engine, 0.05)
+    assert np.array_equal(at_once, trickled)
+    lm = engine.components.llm
+    empty = torch.zeros(0, dtype=torch.long)
+    decoding = TextFedDecoding(lm, empty, empty, seed=7)
+    for piece in PIECES:
+        decoding.feed(torch.tensor(engine.components.tokenizer.encode(piece), dtype=torch.long))
+    decoding.close()
+    while not decoding.done:
+        decoding.step()
+    assert decoding.spoken > 0 and len(at_once) == 960 * decoding.spoken
+
+
+async def test_text_streaming_is_refused_where_unsupported(engine, model_dirs):
+    from cosyvoice.runtime.engine import CosyVoiceEngine, CosyVoiceOptions
+
+    assert isinstance(engine, TextStreamingEngine) and engine.text_streaming
+    with pytest.raises(UnsupportedMode):
+        engine.synthesize_text_stream(SynthesisRequest(text="x", mode=Mode.VC, source_audio=None), TextStream())
+    v1 = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[1]), device="cpu"))
+    await v1.start()
+    try:
+        assert not v1.text_streaming
+        with pytest.raises(UnsupportedMode, match="v2/v3"):
+            v1.synthesize_text_stream(SynthesisRequest(text="hello", mode=Mode.SFT), TextStream())
+    finally:
+        await v1.close()
