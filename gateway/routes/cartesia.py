@@ -147,7 +147,8 @@ class _Connection:
                 try:
                     message = await self.socket.receive(IDLE_TIMEOUT_S)
                 except TimeoutError:
-                    error = CartesiaError("idle_timeout", f"no message for {IDLE_TIMEOUT_S:g} s; the connection is closed", 408)
+                    message = f"no message for {IDLE_TIMEOUT_S:g} s; the connection is closed"
+                    error = CartesiaError("idle_timeout", message, 408)
                     await self.socket.send(_error_body(error, None))
                     await self.websocket.close(CloseCode.POLICY_VIOLATION, reason=str(error)[:120])
                     return
@@ -165,7 +166,8 @@ class _Connection:
     async def _handle(self, message: dict) -> None:
         key = message.get("context_id")
         if key is not None and (not isinstance(key, str) or not key or len(key) > 256):
-            await self.socket.send(_error_body(CartesiaError("invalid_request", "context_id must be a non-empty string of at most 256 characters"), None))
+            error = CartesiaError("invalid_request", "context_id must be a non-empty string of at most 256 characters")
+            await self.socket.send(_error_body(error, None))
             return
         if message.get("cancel") is True:
             if key is not None:
@@ -175,7 +177,7 @@ class _Connection:
         key = key or "ctx_" + secrets.token_hex(8)
         try:
             await self._generate(key, message)
-        except (Malformed, CartesiaError, UnknownVoice, BadFormat, SynthesisError, TextTooLong, TooManyContexts) as error:
+        except (Malformed, CartesiaError, BadFormat, SynthesisError, TextTooLong, TooManyContexts) as error:
             await self.socket.send(_error_body(_classify(error), key))
 
     async def _generate(self, key: str, message: dict) -> None:
@@ -216,8 +218,9 @@ class _Connection:
                     await self.socket.send(_timestamps(piece.words, key))
             elif isinstance(piece, Flushed):
                 flush_id = piece.number
-                await self.socket.send({"type": "flush_done", "done": False, "flush_done": True, "flush_id": piece.number,
-                                        "status_code": PARTIAL, "context_id": key})  # fmt: skip
+                await self.socket.send({"type": "flush_done", "done": False, "flush_done": True,
+                                        "flush_id": piece.number, "status_code": PARTIAL,
+                                        "context_id": key})  # fmt: skip
             elif isinstance(piece, Finished):
                 if tail := encoder.finish():
                     await self.socket.send(_chunk(tail, key, flush_id, 0))
@@ -285,7 +288,8 @@ async def tts_sse(request: Request) -> Response:
     except _HTTP_ERRORS as error:
         return _error_response(error)
     return StreamEndingResponse(
-        stream, _events(stream, setup.format, given.timestamps), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        stream, _events(stream, setup.format, given.timestamps),
+        media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
     )
 
 

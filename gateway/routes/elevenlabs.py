@@ -9,7 +9,8 @@ header, or in the first message's ``xi_api_key`` (or ``authorization``) field.
 Alignments (``alignment`` and, identical here, ``normalizedAlignment``) give characters with start times
 and durations in ms. On the WebSocket each alignment's times count from where the previous one ended
 (pipecat adds them up), or with ``sync_alignment=true`` (LiveKit) from the context's start; alignments
-may come in messages of their own, after the audio they describe. ``close_context`` speaks what was flushed and drops text sent after the last
+may come in messages of their own, after the audio they describe. ``close_context`` speaks what was flushed and
+drops text sent after the last
 flush (an interrupted reply: the engine stops at once), then ``isFinal``.
 """
 
@@ -188,7 +189,8 @@ class _Connection:
         context = self.socket.contexts.get(key)
         if context is None or context.input_closed:
             status = "context_closed" if key in self.closed_contexts else "context_not_found"
-            await self._context_error(key, status, f"context '{key}' is {'already closed' if status == 'context_closed' else 'not open'}")
+            state = "already closed" if status == "context_closed" else "not open"
+            await self._context_error(key, status, f"context '{key}' is {state}")
             return
         self.closed_contexts.add(key)
         context.close_input(drop_unflushed=True)
@@ -202,8 +204,7 @@ class _Connection:
             if isinstance(piece, AudioOut):
                 data = encoder.encode(piece.samples)
                 if data:
-                    await self.socket.send({"audio": _b64(data), "isFinal": None,
-                                            "normalizedAlignment": None, "alignment": None, **context_field})  # fmt: skip
+                    await self.socket.send({"audio": _b64(data), "isFinal": None, **_alignments(None), **context_field})
             elif isinstance(piece, WordsOut):
                 await self._send_alignment(alignment.advance(context.text, context.words), context_field)
             elif isinstance(piece, Finished):
@@ -231,7 +232,8 @@ class _Connection:
         if presented and presented.lower().startswith("bearer "):
             presented = presented[7:].strip()
         if not authenticate_deferred(self.websocket, presented):
-            raise ElevenLabsError("invalid_api_key", "missing or invalid API key: the xi-api-key header or xi_api_key field", 401)
+            message = "missing or invalid API key: the xi-api-key header or xi_api_key field"
+            raise ElevenLabsError("invalid_api_key", message, 401)
 
     async def _context_error(self, key: str, status: str, message: str) -> None:
         if self.multi:
