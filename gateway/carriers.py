@@ -17,14 +17,19 @@ from signaling.markup import MarkupBuilder
 from signaling.serializers import jambonz
 from signaling.serializers.asterisk import AsteriskSerializer
 from signaling.serializers.base import CarrierSerializer
+from signaling.serializers.exotel import ExotelSerializer
+from signaling.serializers.plivo import PlivoSerializer
+from signaling.serializers.telnyx import TelnyxSerializer
 from signaling.serializers.freeswitch import FreeSwitchSerializer
 from signaling.serializers.jambonz import JambonzSerializer
 from signaling.serializers.twilio import TwilioSerializer
 from signaling.serializers.vonage import VonageSerializer
 from signaling.session import Transport
-from signaling.twilio_signature import TwilioSigning
+from signaling.telnyx_signature import TelnyxSigning
+from signaling.twilio_signature import SIGNATURE_HEADER, TwilioSigning
 
 PREFIX = "/v1/telephony/"
+SIGNALWIRE_HEADER = "x-signalwire-signature"  # SignalWire also sends X-Twilio-Signature, the same value
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class _TwilioScheme:
     """Twilio's scheme (SignalWire's too, with its signing key) as a :class:`Signing`."""
 
     signing: TwilioSigning
+    header: str = SIGNATURE_HEADER  # where the carrier sends the signature (SignalWire: X-SignalWire-Signature)
 
     @property
     def enabled(self) -> bool:
@@ -75,17 +81,33 @@ class _TwilioScheme:
 
     def verify(self, request: SignedRequest) -> bool:
         body = None if request.form is not None else request.body  # a raw body is signed by its hash in the URL
-        return self.signing.verify(request.headers, request.url, request.form or (), body)
+        headers = request.headers
+        if self.header != SIGNATURE_HEADER:
+            headers = {SIGNATURE_HEADER: headers.get(self.header) or headers.get(SIGNATURE_HEADER) or ""}
+        return self.signing.verify(headers, request.url, request.form or (), body)
 
 
 def _twilio_signing(settings: TelephonySettings) -> Signing:
     return _TwilioScheme(TwilioSigning(settings.twilio_auth_token, settings.twilio_shared_key_secret))
 
 
+def _signalwire_signing(settings: TelephonySettings) -> Signing:
+    return _TwilioScheme(TwilioSigning(settings.signalwire_signing_key), SIGNALWIRE_HEADER)
+
+
+def _telnyx_signing(settings: TelephonySettings) -> Signing:
+    return TelnyxSigning(settings.telnyx_public_key)
+
+
 CARRIERS: dict[str, Carrier] = {
     carrier.name: carrier
     for carrier in (
         Carrier("twilio", Transport.TWILIO, TwilioSerializer, markup.twiml, _twilio_signing, signs_stream=True),
+        # SignalWire's LaML and media streams are Twilio's; whether it signs the stream's upgrade is undocumented.
+        Carrier("signalwire", Transport.SIGNALWIRE, TwilioSerializer, markup.twiml, _signalwire_signing),
+        Carrier("telnyx", Transport.TELNYX, TelnyxSerializer, markup.texml, _telnyx_signing),
+        Carrier("plivo", Transport.PLIVO, PlivoSerializer, markup.plivo_xml),
+        Carrier("exotel", Transport.EXOTEL, ExotelSerializer),  # no markup: the Voicebot applet names the URL
         Carrier("vonage", Transport.VONAGE, VonageSerializer, markup.ncco),
         Carrier("jambonz", Transport.JAMBONZ, JambonzSerializer, markup.jambonz_listen, subprotocol=jambonz.SUBPROTOCOL),
         Carrier("freeswitch", Transport.FREESWITCH, FreeSwitchSerializer),

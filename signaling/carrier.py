@@ -81,6 +81,8 @@ class CarrierCall(SessionTransport):
             if isinstance(inbound, wire.Stop):
                 return
             self.act(inbound)
+            for held in self.serializer.released():
+                self.act(held)
 
     def decode(self, message: Message) -> Inbound | None:
         """The message's typed value; None for one skipped (reported if it was malformed)."""

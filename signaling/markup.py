@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from xml.sax.saxutils import quoteattr
+from urllib.parse import urlencode
+from xml.sax.saxutils import escape, quoteattr
 
 from signaling.serializers import jambonz, vonage
 
@@ -30,6 +31,25 @@ MarkupBuilder = Callable[[str, Mapping[str, str]], Markup]
 def twiml(stream_url: str, parameters: Mapping[str, str]) -> Markup:
     """TwiML (and SignalWire's LaML): ``<Connect><Stream>``, parameters as ``<Parameter>``s, back as ``customParameters``."""
     return Markup(f"{XML_HEAD}<Response><Connect>{_stream(stream_url, parameters)}</Connect></Response>")
+
+
+def texml(stream_url: str, parameters: Mapping[str, str]) -> Markup:
+    """Telnyx TeXML: ``<Connect><Stream>`` in RTP bidirectional mode (else Telnyx drops our audio), μ-law both
+    ways at 8 kHz; parameters in the stream URL's query, which the stream route reads."""
+    attributes = ' bidirectionalMode="rtp" codec="PCMU" bidirectionalCodec="PCMU" bidirectionalSamplingRate="8000"'
+    url = _with_query(stream_url, parameters)
+    return Markup(f"{XML_HEAD}<Response><Connect><Stream url={quoteattr(url)}{attributes}/></Connect></Response>")
+
+
+def plivo_xml(stream_url: str, parameters: Mapping[str, str]) -> Markup:
+    """Plivo XML (and Vobiz's): a bidirectional ``<Stream>`` kept alive with the call, μ-law 8 kHz, the URL as its
+    text; parameters in the URL's query, which the stream route reads."""
+    attributes = 'bidirectional="true" keepCallAlive="true" contentType="audio/x-mulaw;rate=8000"'
+    return Markup(f"{XML_HEAD}<Response><Stream {attributes}>{escape(_with_query(stream_url, parameters))}</Stream></Response>")
+
+
+def _with_query(url: str, parameters: Mapping[str, str]) -> str:
+    return f"{url}?{urlencode(dict(parameters))}" if parameters else url
 
 
 def _stream(stream_url: str, parameters: Mapping[str, str], attributes: str = "") -> str:

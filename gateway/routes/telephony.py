@@ -76,8 +76,11 @@ def _session_opener(carrier: Carrier, websocket: WebSocket, services: Services):
     caller = services.telephony_caller if caller == NOBODY else caller
     key = websocket.scope.get("state", {}).get("api_key")
 
+    # Parameters in the stream URL's query (where the markup puts them, or Exotel's applet does) under the start's own.
+    query = {name: websocket.query_params[name] for name in STREAM_PARAMETERS if name in websocket.query_params}
+
     def open_session(parameters: dict[str, str], rate: int):
-        return services.session_factory.open(carrier.transport, rate, parameters, owner=key, caller=caller)
+        return services.session_factory.open(carrier.transport, rate, query | parameters, owner=key, caller=caller)
 
     return open_session
 

@@ -96,6 +96,10 @@ class CarrierSerializer(ABC):
     def encode_audio(self, samples: np.ndarray) -> Message:
         """One frame of our audio (float32 at the call's rate) as the carrier's message."""
 
+    def released(self) -> list[Inbound]:
+        """Values held back by :meth:`decode` and due now (caller audio put back in order), oldest first."""
+        return []
+
     def encode_mark(self, name: str) -> Message | None:
         """A mark for the far end to echo, where the dialect has them."""
         return None
