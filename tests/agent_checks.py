@@ -31,7 +31,7 @@ def assert_words_match_audio(samples: np.ndarray, rate: int, words: list[tuple[s
         assert end <= start + 0.002, "words overlap"
         if start - end > SENTENCE_PAUSE_S:
             quiet = levels[int((end + EDGE_S) / WINDOW_S) : int((start - EDGE_S) / WINDOW_S)]
-            assert len(quiet) and quiet.min() < SILENCE_DB, f"the pause before {following!r} at {end:.3f} s is not quiet"
+            assert len(quiet) and quiet.min() < SILENCE_DB, f"the pause before {following!r} at {end:.3f} s has sound"
 
 
 def assert_engine_free(server: ServerThread, timeout: float = 2.0) -> None:

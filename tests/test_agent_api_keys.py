@@ -39,7 +39,8 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> ServerThread:
 @pytest.fixture(scope="module")
 def alices_voice(keyed: ServerThread) -> str:
     headers = {"Authorization": f"Bearer {KEYS['alice']}"}
-    spoken = httpx.post(keyed.url + "/v1/tts", json={"text": "This is my voice, keep it to me.", "seed": 3}, headers=headers, timeout=30)
+    text = {"text": "This is my voice, keep it to me.", "seed": 3}
+    spoken = httpx.post(keyed.url + "/v1/tts", json=text, headers=headers, timeout=30)
     files = {"audio": ("a.wav", base64.b64decode(spoken.json()["audio"]))}
     saved = httpx.post(keyed.url + "/v1/voices", data={"id": "alices-voice", "prompt_text": "This is my voice."},
                        files=files, headers=headers, timeout=30)  # fmt: skip
@@ -52,7 +53,8 @@ def _builtin(server: ServerThread) -> str:
 
 
 def _elevenlabs(server: ServerThread, voice: str, **headers: str):
-    url = server.url.replace("http://", "ws://") + f"/elevenlabs/v1/text-to-speech/{voice}/stream-input?output_format=pcm_16000"
+    base = server.url.replace("http://", "ws://")
+    url = f"{base}/elevenlabs/v1/text-to-speech/{voice}/stream-input?output_format=pcm_16000"
     return websockets.sync.client.connect(url, additional_headers=headers)
 
 
@@ -73,7 +75,10 @@ def test_elevenlabs_socket_key_in_the_first_message(keyed: ServerThread, field: 
         assert _final_or_error(ws) == {"isFinal": True}
 
 
-@pytest.mark.parametrize("first", [{"text": " "}, {"text": " ", "xi_api_key": "sk-wrong"}, {"text": " ", "xi_api_key": 5}])
+NO_GOOD_KEY = [{"text": " "}, {"text": " ", "xi_api_key": "sk-wrong"}, {"text": " ", "xi_api_key": 5}]
+
+
+@pytest.mark.parametrize("first", NO_GOOD_KEY)
 def test_elevenlabs_socket_without_a_good_key_is_refused(keyed: ServerThread, first: dict) -> None:
     with _elevenlabs(keyed, _builtin(keyed)) as ws:
         ws.send(json.dumps(first))

@@ -236,7 +236,8 @@ def test_a_socket_with_a_bad_query_gets_an_error(gateway: ServerThread, query: s
 
 @pytest.mark.parametrize(
     "sent",
-    ["not json", "[1, 2]", json.dumps({"text": 5}), json.dumps({"text": " ", "generation_config": {"chunk_length_schedule": "x"}}),
+    ["not json", "[1, 2]", json.dumps({"text": 5}),
+     json.dumps({"text": " ", "generation_config": {"chunk_length_schedule": "x"}}),
      json.dumps({"text": " ", "voice_settings": {"speed": 9}})],
 )  # fmt: skip
 def test_a_malformed_message_gets_an_error_and_a_close(gateway: ServerThread, sent: str) -> None:

@@ -33,7 +33,8 @@ def _tts(gateway: ServerThread, provider: str, http: aiohttp.ClientSession):
     if provider == "elevenlabs":
         return elevenlabs.TTS(api_key="unused", voice_id=voice, base_url=gateway.url + "/elevenlabs/v1",
                               http_session=http, encoding=f"pcm_{RATE}")  # fmt: skip
-    return cartesia.TTS(api_key="unused", voice=voice, base_url=gateway.url + "/cartesia", http_session=http, sample_rate=RATE)
+    return cartesia.TTS(api_key="unused", voice=voice, base_url=gateway.url + "/cartesia", http_session=http,
+                        sample_rate=RATE)  # fmt: skip
 
 
 async def _push(stream, text: str) -> None:

@@ -78,7 +78,8 @@ def _services(gateway: ServerThread) -> dict[str, object]:
     voice = gateway.engine.capabilities.voices[0]
     return {
         "elevenlabs": lambda: _recording(ElevenLabsTTSService)(
-            api_key="unused", url=base + "/elevenlabs", sample_rate=RATE, settings=ElevenLabsTTSService.Settings(voice=voice)
+            api_key="unused", url=base + "/elevenlabs", sample_rate=RATE,
+            settings=ElevenLabsTTSService.Settings(voice=voice),
         ),
         "cartesia": lambda: _recording(CartesiaTTSService)(
             api_key="unused", url=base + "/cartesia/tts/websocket", sample_rate=RATE,
@@ -150,7 +151,7 @@ def test_a_streamed_reply_with_word_timestamps_that_match_the_audio(gateway: Ser
 
 
 @pytest.mark.parametrize("provider", ["elevenlabs", "cartesia"])
-def test_an_interruption_mid_reply_frees_the_engine_and_the_next_reply_is_spoken(gateway: ServerThread, provider: str) -> None:
+def test_an_interruption_mid_reply_frees_the_engine_and_the_next_reply_is_spoken(gateway: ServerThread, provider: str):
     service = _services(gateway)[provider]()
     heard = {}
 
