@@ -218,3 +218,21 @@ def test_asterisk_refuses_a_format_it_cannot_speak():
         AsteriskSerializer().decode(json.dumps(ASTERISK_START | {"format": "opus"}))
     with pytest.raises(ProtocolViolation):
         AsteriskSerializer().decode(json.dumps({k: v for k, v in ASTERISK_START.items() if "id" not in k}))
+
+
+def test_vonage_signatures_vouch_for_the_secret_the_time_and_the_body():
+    from signaling.vonage_signature import MAX_AGE, VonageSigning, vonage_token
+
+    signing, body, now = VonageSigning("s3cret"), b'{"uuid": "c1"}', 1_800_000_000.0
+    token = vonage_token("s3cret", body, now)
+    assert signing.verify(f"Bearer {token}", body, now)
+    assert not signing.verify(f"Bearer {token}", b'{"uuid": "c2"}', now), "another body"
+    assert not signing.verify(f"Bearer {vonage_token('other', body, now)}", body, now), "another secret"
+    assert not signing.verify(f"Bearer {token}", body, now + MAX_AGE + 1), "too old"
+    header, claims, _ = token.split(".")
+    assert not signing.verify(f"Bearer {header}.{claims}.", body, now), "no signature"
+    none_alg = base64.urlsafe_b64encode(b'{"alg": "none"}').rstrip(b"=").decode()
+    assert not signing.verify(f"Bearer {none_alg}.{claims}.", body, now)
+    for garbage in ("", "Bearer", "Basic abc", "Bearer a.b.c", "Bearer !!.??.**"):
+        assert not signing.verify(garbage, body, now)
+    assert not VonageSigning("").enabled
