@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cosyvoice import InvalidRequest, UnknownVoice
 from cosyvoice.text import ClauseOptions
+from gateway.admission import Admission, Overloaded
 from gateway.auth import caller_of
 from gateway.dependencies import get_services
 from gateway.sessions import SessionSpeech
@@ -154,13 +155,19 @@ class ContextFactory:
     speech: SessionSpeech
     clause_options: ClauseOptions
     limits: SessionLimits
+    admission: Admission
 
     @classmethod
     def for_connection(cls, connection: HTTPConnection) -> ContextFactory:
         services = get_services(connection)
         sessions = services.session_factory
         synth = services.synthesizer.for_caller(caller_of(connection))
-        return cls(SessionSpeech(synth, Transport.WEBSOCKET), sessions.clause_options, sessions.limits)
+        return cls(SessionSpeech(synth, Transport.WEBSOCKET), sessions.clause_options, sessions.limits, services.admission)
+
+    def admit(self) -> None:
+        """Refuse a new socket while the server shuts down (HTTP requests are refused by their synthesis slot)."""
+        if self.admission.draining:
+            raise Overloaded("the server is shutting down; connect again to another", reason="shutting_down")
 
     @property
     def synth(self) -> Synthesizer:

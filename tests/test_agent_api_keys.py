@@ -136,3 +136,20 @@ def test_cartesia_refuses_a_missing_key_and_other_tenants_voices(keyed: ServerTh
     response = httpx.post(keyed.url + "/cartesia/tts/bytes", json=body, headers={"X-API-Key": KEYS["bob"]}, timeout=30)
     assert response.status_code == 404 and response.json()["error_code"] == "voice_not_found"
     assert httpx.post(keyed.url + "/cartesia/tts/bytes", json=body, timeout=30).status_code == 401
+
+
+def test_a_draining_server_refuses_new_sockets_in_each_dialect(keyed: ServerThread) -> None:
+    keyed.app.state.admission.draining = True  # as on SIGTERM
+    try:
+        with _elevenlabs(keyed, _builtin(keyed), **{"xi-api-key": KEYS["alice"]}) as ws:
+            ws.send(json.dumps({"text": " "}))
+            refused = json.loads(ws.recv(timeout=10))
+        assert refused["error"] == "too_many_concurrent_requests" and "shutting down" in refused["message"]
+        url = keyed.url.replace("http://", "ws://") + f"/cartesia/tts/websocket?api_key={KEYS['alice']}"
+        with websockets.sync.client.connect(url) as ws:
+            refused = json.loads(ws.recv(timeout=10))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+        assert refused["error_code"] == "shutting_down" and closed.value.rcvd.code == 1013
+    finally:
+        keyed.app.state.admission.draining = False

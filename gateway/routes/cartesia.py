@@ -143,6 +143,12 @@ class _Connection:
         await accept(self.websocket)
         self.factory = ContextFactory.for_connection(self.websocket)
         try:
+            self.factory.admit()
+        except Overloaded as error:
+            await self.socket.send(_error_body(CartesiaError("shutting_down", str(error), 503), None))
+            await self.websocket.close(CloseCode.TRY_AGAIN_LATER, reason=str(error)[:120])
+            return
+        try:
             while True:
                 try:
                     message = await self.socket.receive(IDLE_TIMEOUT_S)

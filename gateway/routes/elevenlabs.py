@@ -135,6 +135,7 @@ class _Connection:
             self.first = False
             await self._authenticate(message)
             self.factory = ContextFactory.for_connection(self.websocket)
+            self.factory.admit()
             self.voice = self.factory.voice(self.voice_id, _speed(message.get("voice_settings")))
             _check_generation_config(message.get("generation_config"))
         if self.multi and message.get("close_socket") is True:
