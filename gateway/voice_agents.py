@@ -162,7 +162,8 @@ class ContextFactory:
         services = get_services(connection)
         sessions = services.session_factory
         synth = services.synthesizer.for_caller(caller_of(connection))
-        return cls(SessionSpeech(synth, Transport.WEBSOCKET), sessions.clause_options, sessions.limits, services.admission)
+        speech = SessionSpeech(synth, Transport.WEBSOCKET)
+        return cls(speech, sessions.clause_options, sessions.limits, services.admission)
 
     def admit(self) -> None:
         """Refuse a new socket while the server shuts down (HTTP requests are refused by their synthesis slot)."""
