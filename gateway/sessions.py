@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from cosyvoice import AudioStream, InvalidRequest, Mode
+from cosyvoice.text_stream import TextStream, TextStreamingEngine
 from gateway.admission import Admission, RateLimited
 from gateway.auth import OPERATOR, ApiKey, Caller
 from gateway.engines import clause_options
@@ -31,6 +32,17 @@ class SessionSpeech:
     def open(self, text: str, voice: VoiceSettings) -> AudioStream:
         # Sessions report first audio per utterance themselves (from the text that caused it).
         return self.synth.start(self.synth.request(text, voice), self.transport, first_audio=False)
+
+    def streams_text(self, voice: VoiceSettings) -> bool:
+        engine = self.synth.engine
+        return isinstance(engine, TextStreamingEngine) and engine.text_streaming and voice.mode is not Mode.VC
+
+    def open_text(self, text: str, voice: VoiceSettings, more: TextStream) -> AudioStream:
+        # No audio budget: the text, and so the audio it may take, is not known yet.
+        request = self.synth.request(text, voice)
+        stream = self.synth.engine.synthesize_text_stream(request, more)
+        self.synth.metrics.observe_stream(stream, self.transport, request.mode.value, first_audio=False)
+        return stream
 
     def parse_voice(self, fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
         """Voice settings from a client message or query string, over the current ones."""
@@ -66,6 +78,7 @@ class SessionFactory:
         self.admission = admission
         self.metrics = metrics
         self.clause_options = clause_options(settings)
+        self.text_streaming = settings.cosyvoice.text_streaming
         self.limits = SessionLimits(
             max_text_chars=settings.limits.max_session_text_chars,
             max_utterance_chars=settings.limits.max_utterance_chars,
@@ -117,6 +130,7 @@ class SessionFactory:
             clause_options=self.clause_options,
             session_id=session_id,
             limits=self.limits,
+            text_streaming=self.text_streaming,
         )
         session.owner = caller.tenant
         metrics = self.metrics

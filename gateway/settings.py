@@ -58,6 +58,7 @@ class CosyVoiceSettings(Section):
     prompt_cache_mb: int = Field(1024, ge=0)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     kv_cache: Literal["dynamic", "static"] = "dynamic"
+    text_streaming: bool = False  # sessions feed an utterance's text to v2/v3 as it arrives (one decoding)
 
 
 class EmbeddedSettings(Section):

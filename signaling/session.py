@@ -3,7 +3,9 @@
 Text arrives in pieces (an LLM's tokens, a phone script, a browser). It is
 split into clauses as it arrives and each clause is synthesized as soon as
 it is complete, so the listener hears the start of a reply before its end
-has been written. Text between two flushes is one utterance. ``cancel``
+has been written. With ``text_streaming`` on an engine that takes text as it
+arrives (CosyVoice v2/v3), an utterance's text instead goes to one engine
+stream piece by piece, so the reply keeps one prosody and no clause gaps. Text between two flushes is one utterance. ``cancel``
 (barge-in) stops the engine work and drops every queued sample at once.
 
 Audio goes into a :class:`~media.playout.PlayoutBuffer` at the transport's
@@ -26,6 +28,7 @@ from typing import Protocol
 
 from cosyvoice import AudioStream, SpeechParams, SynthesisError, WordTiming
 from cosyvoice.text import ClauseOptions, ClauseSplitter
+from cosyvoice.text_stream import TextStream
 from cosyvoice.timing import heard_text
 from media.playout import Frame, PlayoutBuffer, Reached, ReachedKind
 from media.resample import StreamResampler
@@ -82,6 +85,12 @@ class SpeechSource(Protocol):
 
     def open(self, text: str, voice: VoiceSettings) -> AudioStream:
         """Start synthesis of one clause."""
+
+    def streams_text(self, voice: VoiceSettings) -> bool:
+        """Whether :meth:`open_text` can speak in ``voice`` (asked only of sessions with ``text_streaming``)."""
+
+    def open_text(self, text: str, voice: VoiceSettings, more: TextStream) -> AudioStream:
+        """Start synthesis of ``text`` and then of every piece of ``more``, as one utterance."""
 
 
 class SessionClosed(Exception):
@@ -147,6 +156,7 @@ class Utterance:
 
 class JobKind(Enum):
     CLAUSE = "clause"  # text to synthesize
+    STREAM = "stream"  # text to synthesize, and more of it as it arrives
     MARK = "mark"  # a named point in the audio
     END = "end"  # the utterance's text is complete
 
@@ -157,6 +167,7 @@ class _Job:
     kind: JobKind
     text: str = ""
     since: float = 0.0  # when the text that completed the clause arrived
+    more: TextStream | None = None  # a STREAM job's text to come
 
 
 class Session:
@@ -172,6 +183,7 @@ class Session:
         clause_options: ClauseOptions = ClauseOptions(),
         session_id: str | None = None,
         limits: SessionLimits | None = None,
+        text_streaming: bool = False,
     ) -> None:
         self.id = session_id or "s_" + secrets.token_hex(8)
         self.transport = Transport(transport)
@@ -186,6 +198,8 @@ class Session:
         self.limits = limits or SessionLimits()
         self._speech = speech
         self._splitter = ClauseSplitter(clause_options)
+        self.text_streaming = text_streaming
+        self._more: TextStream | None = None  # the current utterance's engine stream takes text as it comes
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._current: Utterance | None = None
         self._count = 0
@@ -211,8 +225,16 @@ class Session:
         utterance = self._current or self._start_utterance()
         utterance.text += text
         now = time.monotonic()
-        for clause in self._splitter.feed(text):
-            self._jobs.put_nowait(_Job(utterance, JobKind.CLAUSE, clause, now))
+        if self._more is not None:
+            self._more.append(text)
+        elif self.text_streaming and _speakable(first := self._splitter.pending + text) and \
+                self._speech.streams_text(self.voice):
+            self._splitter.reset()
+            self._more = TextStream()
+            self._jobs.put_nowait(_Job(utterance, JobKind.STREAM, first, now, self._more))
+        else:
+            for clause in self._splitter.feed(text):
+                self._jobs.put_nowait(_Job(utterance, JobKind.CLAUSE, clause, now))
         if flush:
             self.flush()
         self._touch()
@@ -225,6 +247,7 @@ class Session:
         if utterance is None:
             return None
         now = time.monotonic()
+        self._end_text_stream()
         for clause in self._splitter.flush():
             self._jobs.put_nowait(_Job(utterance, JobKind.CLAUSE, clause, now))
         self._jobs.put_nowait(_Job(utterance, JobKind.END))
@@ -238,6 +261,7 @@ class Session:
         self._check_open()
         self._check_room(name)
         utterance = self._current or self._start_utterance()
+        self._end_text_stream()  # a mark ends the streamed text it follows: its audio comes first
         for clause in self._splitter.flush():  # a mark ends the clause it follows
             self._jobs.put_nowait(_Job(utterance, JobKind.CLAUSE, clause, time.monotonic()))
         self._jobs.put_nowait(_Job(utterance, JobKind.MARK, name))
@@ -246,6 +270,7 @@ class Session:
     def cancel(self, reason: str = "cancel") -> list[str]:
         """Barge-in: stop synthesis, drop queued audio and text; returns the cancelled utterances."""
         self._splitter.reset()
+        self._end_text_stream()
         while not self._jobs.empty():
             self._jobs.get_nowait()
         self._worker.cancel()
@@ -274,6 +299,7 @@ class Session:
         self.close_reason = reason
         self._worker.cancel()
         self._splitter.reset()
+        self._end_text_stream()
         self.buffer.clear()
         for utterance in self.utterances.values():
             if utterance.state is UtteranceState.SPEAKING:
@@ -382,6 +408,11 @@ class Session:
         self.events.emit(UtteranceStarted(utterance_id=utterance.id))
         return utterance
 
+    def _end_text_stream(self) -> None:
+        if self._more is not None:
+            self._more.close()
+            self._more = None
+
     def _check_open(self) -> None:
         if self.closed:
             raise SessionClosed(f"session {self.id} is closed ({self.close_reason})")
@@ -428,7 +459,10 @@ class Session:
     async def _speak(self, job: _Job) -> None:
         utterance = job.utterance
         try:
-            stream = self._speech.open(job.text, self.voice)
+            if job.more is not None:
+                stream = self._speech.open_text(job.text, self.voice, job.more)
+            else:
+                stream = self._speech.open(job.text, self.voice)
         except SynthesisError as error:
             self._fail(utterance, error)
             return
@@ -449,6 +483,8 @@ class Session:
         try:
             async with stream:
                 async for chunk in stream:
+                    if job.more is not None:  # one stream for the whole utterance: backpressure inside it
+                        await self._wait_for_listener()
                     self._push(utterance, resampler.process(chunk), job.since)
                     take_words()
             take_words()  # timings an engine sent after its last chunk
@@ -486,3 +522,8 @@ class Session:
         utterance.state = UtteranceState.FAILED
         self.buffer.end(utterance.id)
         self.events.emit(Error(utterance_id=utterance.id, message=str(error)))
+
+
+def _speakable(text: str) -> bool:
+    """Text an engine can start on (an engine refuses punctuation alone)."""
+    return any(char.isalnum() for char in text)
