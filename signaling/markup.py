@@ -49,7 +49,7 @@ def plivo_xml(stream_url: str, parameters: Mapping[str, str]) -> Markup:
 
 
 def _with_query(url: str, parameters: Mapping[str, str]) -> str:
-    return f"{url}?{urlencode(dict(parameters))}" if parameters else url
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(dict(parameters))}" if parameters else url
 
 
 def _stream(stream_url: str, parameters: Mapping[str, str], attributes: str = "") -> str:

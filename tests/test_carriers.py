@@ -314,3 +314,43 @@ async def test_unknown_carriers_and_markup_they_lack_are_not_found(carriers: Ser
         assert (await client.post(carriers.url + "/v1/telephony/exotel/voice")).status_code == 404, "Exotel has no markup"
     with pytest.raises(websockets.InvalidStatus):
         await websockets.connect(stream_url(carriers, "nonesuch"))
+
+
+async def test_with_api_keys_on_the_webhook_hands_its_key_to_the_stream(tmp_path) -> None:
+    """Telnyx signs its webhook, not its socket: the webhook's ``api_key`` rides in the stream URL and owns the call."""
+    from html import unescape
+
+    from tests.test_tenancy import KEYS, KEYS_FILE
+
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(KEYS_FILE)
+    public = TELNYX_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    settings = Settings.model_validate(
+        {
+            "paths": {"data_dir": str(tmp_path / "data")},
+            "auth": {"keys_file": str(keys_file)},
+            "telephony": {"telnyx_public_key": base64.b64encode(public).decode()},
+        }
+    )
+    server = ServerThread(settings).start()
+    try:
+        async with websockets.connect(stream_url(server, "telnyx")) as keyless:
+            with pytest.raises(websockets.ConnectionClosed) as refused:
+                await asyncio.wait_for(keyless.recv(), 5)
+        assert refused.value.rcvd.code == 1008, "a stream without a key is refused"
+        url = server.url + f"/v1/telephony/telnyx/voice?api_key={KEYS['alice']}&text=Hi"
+        body = b"CallSid=v3%3Aabc"
+        headers = {"content-type": "application/x-www-form-urlencoded"} | telnyx_headers(body)
+        async with httpx.AsyncClient() as client:
+            texml = (await client.post(url, content=body, headers=headers)).text
+        stream = unescape(texml.split('url="', 1)[1].split('"', 1)[0])
+        assert stream == stream_url(server, "telnyx") + f"?api_key={KEYS['alice']}&text=Hi"
+        peer = TelnyxPeer(stream)
+        await peer.connect()
+        try:
+            await until(lambda: sessions(server, "telnyx"), 5, "the call's session")
+            assert sessions(server, "telnyx")[0].owner == "alice"
+        finally:
+            await peer.stop()
+    finally:
+        server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
 from fastapi.responses import Response
@@ -29,7 +30,9 @@ async def carrier_voice(carrier: str, request: Request, settings: Settings = Dep
     """The carrier's markup (TwiML, TeXML, Plivo XML, ...) that connects the call to our media stream socket.
 
     Query parameters ``voice``, ``text`` (what the call says first), ``mode``,
-    ``speed`` and ``instruct_text`` become the stream's custom parameters.
+    ``speed`` and ``instruct_text`` become the stream's custom parameters; an
+    ``api_key`` goes into the stream's URL where the carrier does not sign its
+    socket, so that the socket is let in with API keys on.
     """
     known = CARRIERS.get(carrier)
     if known is None or known.markup is None:
@@ -39,6 +42,8 @@ async def carrier_voice(carrier: str, request: Request, settings: Settings = Dep
         if not signing.verify(await _signed_request(request, settings)):
             raise HTTPException(403, f"invalid {known.name} signature")
     stream_url = _public_url(request, settings, path=f"{PREFIX}{known.name}/stream", query=False).replace("http", "ws", 1)
+    if (key := request.query_params.get("api_key")) and not known.signs_stream:
+        stream_url += "?" + urlencode({"api_key": key})  # the carrier's socket cannot sign itself: it shows our key
     parameters = {name: request.query_params[name] for name in STREAM_PARAMETERS if name in request.query_params}
     document = known.markup(stream_url, parameters)
     return Response(document.body, media_type=document.media_type)
