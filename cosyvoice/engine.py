@@ -123,6 +123,7 @@ class Capabilities:
     default_voice: str | None
     gpu: bool = False
     languages: tuple[str, ...] = field(default=())
+    text_streaming: bool = False  # speaks text as it arrives (cosyvoice.text_stream.TextStreamingEngine)
 
 
 class Emit(Protocol):

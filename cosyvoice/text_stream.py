@@ -43,12 +43,7 @@ class TextStream:
 
 @runtime_checkable
 class TextStreamingEngine(Protocol):
-    """An engine that speaks text as it arrives (``request`` gives the voice and mode; its text, if
-    any, goes first)."""
-
-    @property
-    def text_streaming(self) -> bool:
-        """Whether this engine, as loaded and configured, takes text as it arrives."""
-        ...
+    """An engine that can speak text as it arrives: ``request`` gives the voice, the mode and the first
+    text; ``text`` the rest. Whether it does, as loaded, is its ``capabilities.text_streaming``."""
 
     def synthesize_text_stream(self, request: SynthesisRequest, text: TextStream) -> AudioStream: ...

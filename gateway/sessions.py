@@ -34,8 +34,8 @@ class SessionSpeech:
         return self.synth.start(self.synth.request(text, voice), self.transport, first_audio=False)
 
     def streams_text(self, voice: VoiceSettings) -> bool:
-        engine = self.synth.engine
-        return isinstance(engine, TextStreamingEngine) and engine.text_streaming and voice.mode is not Mode.VC
+        streams = isinstance(self.synth.engine, TextStreamingEngine) and self.synth.capabilities.text_streaming
+        return streams and voice.mode is not Mode.VC
 
     def open_text(self, text: str, voice: VoiceSettings, more: TextStream) -> AudioStream:
         # No audio budget: the text, and so the audio it may take, is not known yet.

@@ -149,6 +149,7 @@ class CosyVoiceEngine(Engine):
             voices=voices,
             default_voice=voices[0] if voices else None,
             gpu=device.startswith("cuda"),
+            text_streaming=c.generation > 1 and self.options.llm_backend == "torch",  # vLLM: no text-fed decoding
             languages=("zh", "en", "ja", "ko", "yue"),
         )
         sizes = [(c.directory / f).stat().st_size for f in ("llm.pt", "flow.pt", "campplus.onnx")]
@@ -258,18 +259,13 @@ class CosyVoiceEngine(Engine):
                 self.scheduler.cancel(session)
 
     # -- text as it arrives (v2/v3) ----------------------------------------------
-    @property
-    def text_streaming(self) -> bool:
-        """v2/v3 on the torch LLM stage take text as it arrives (vLLM has no text-fed decoding)."""
-        return self.components is not None and self.components.generation > 1 and self.options.llm_backend == "torch"
-
     def synthesize_text_stream(self, request: SynthesisRequest, text: TextStream) -> AudioStream:
         """Speak ``request.text`` and then every piece of ``text`` as one utterance (one decoding), the
         model taking text as it asks for it. Pieces are tokenized as they come and not normalized (a
         number split across pieces would be read wrong), as upstream does."""
         if not self._ready:
             raise EngineUnavailable("engine 'cosyvoice' is not ready")
-        if not self.text_streaming:
+        if not self._capabilities.text_streaming:
             raise UnsupportedMode("text streaming needs a CosyVoice v2/v3 model on llm_backend = 'torch'")
         if request.mode is Mode.VC:
             raise UnsupportedMode("voice conversion has no text to stream")

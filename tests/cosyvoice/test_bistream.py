@@ -196,13 +196,13 @@ async def test_one_decoding_for_the_whole_reply_whatever_the_text_timing(engine)
 async def test_text_streaming_is_refused_where_unsupported(engine, model_dirs):
     from cosyvoice.runtime.engine import CosyVoiceEngine, CosyVoiceOptions
 
-    assert isinstance(engine, TextStreamingEngine) and engine.text_streaming
+    assert isinstance(engine, TextStreamingEngine) and engine.capabilities.text_streaming
     with pytest.raises(UnsupportedMode):
         engine.synthesize_text_stream(SynthesisRequest(text="x", mode=Mode.VC, source_audio=None), TextStream())
     v1 = CosyVoiceEngine(CosyVoiceOptions(str(model_dirs[1]), device="cpu"))
     await v1.start()
     try:
-        assert not v1.text_streaming
+        assert not v1.capabilities.text_streaming
         with pytest.raises(UnsupportedMode, match="v2/v3"):
             v1.synthesize_text_stream(SynthesisRequest(text="hello", mode=Mode.SFT), TextStream())
     finally:
