@@ -14,14 +14,15 @@ from typing import Protocol
 from gateway.settings import TelephonySettings
 from signaling import markup
 from signaling.markup import MarkupBuilder
+from signaling.plivo_signature import PlivoSigning
 from signaling.serializers import jambonz
 from signaling.serializers.asterisk import AsteriskSerializer
 from signaling.serializers.base import CarrierSerializer
 from signaling.serializers.exotel import ExotelSerializer
-from signaling.serializers.plivo import PlivoSerializer
-from signaling.serializers.telnyx import TelnyxSerializer
 from signaling.serializers.freeswitch import FreeSwitchSerializer
 from signaling.serializers.jambonz import JambonzSerializer
+from signaling.serializers.plivo import PlivoSerializer
+from signaling.serializers.telnyx import TelnyxSerializer
 from signaling.serializers.twilio import TwilioSerializer
 from signaling.serializers.vonage import VonageSerializer
 from signaling.session import Transport
@@ -99,6 +100,10 @@ def _telnyx_signing(settings: TelephonySettings) -> Signing:
     return TelnyxSigning(settings.telnyx_public_key)
 
 
+def _plivo_signing(settings: TelephonySettings) -> Signing:
+    return PlivoSigning(settings.plivo_auth_token)
+
+
 CARRIERS: dict[str, Carrier] = {
     carrier.name: carrier
     for carrier in (
@@ -106,7 +111,7 @@ CARRIERS: dict[str, Carrier] = {
         # SignalWire's LaML and media streams are Twilio's; whether it signs the stream's upgrade is undocumented.
         Carrier("signalwire", Transport.SIGNALWIRE, TwilioSerializer, markup.twiml, _signalwire_signing),
         Carrier("telnyx", Transport.TELNYX, TelnyxSerializer, markup.texml, _telnyx_signing),
-        Carrier("plivo", Transport.PLIVO, PlivoSerializer, markup.plivo_xml),
+        Carrier("plivo", Transport.PLIVO, PlivoSerializer, markup.plivo_xml, _plivo_signing),
         Carrier("exotel", Transport.EXOTEL, ExotelSerializer),  # no markup: the Voicebot applet names the URL
         Carrier("vonage", Transport.VONAGE, VonageSerializer, markup.ncco),
         Carrier("jambonz", Transport.JAMBONZ, JambonzSerializer, markup.jambonz_listen, subprotocol=jambonz.SUBPROTOCOL),

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.settings import Settings
 from media.resample import resample
+from signaling.plivo_signature import plivo_signature
 from signaling.serializers.json_media import Codec
 from signaling.twilio_signature import twilio_signature
 from support.json_stream_peers import ExotelPeer, PlivoPeer, TelnyxPeer
@@ -36,6 +37,7 @@ from tests.test_telephony import REPLY, Events
 
 TELNYX_KEY = Ed25519PrivateKey.generate()
 SIGNALWIRE_KEY = "PSK_test_signing_key_0123456789"
+PLIVO_TOKEN = "plivo-auth-token-0123456789"
 DIALECTS = ("telnyx", "plivo", "exotel", "signalwire")
 # Lead 100 ms + one 20 ms frame of timer slack + 10 ms of loopback and scheduling: how early a message may come.
 EARLY_SLACK = 0.1 + 0.03
@@ -47,7 +49,11 @@ def carriers(tmp_path_factory: pytest.TempPathFactory) -> ServerThread:
     settings = Settings.model_validate(
         {
             "paths": {"data_dir": str(tmp_path_factory.mktemp("carriers"))},
-            "telephony": {"telnyx_public_key": base64.b64encode(public).decode(), "signalwire_signing_key": SIGNALWIRE_KEY},
+            "telephony": {
+                "telnyx_public_key": base64.b64encode(public).decode(),
+                "signalwire_signing_key": SIGNALWIRE_KEY,
+                "plivo_auth_token": PLIVO_TOKEN,
+            },
             "session": {"lead_ms": 100},
         }
     )
@@ -290,9 +296,14 @@ async def test_texml_webhook_is_signed_and_asks_for_rtp_audio_back(carriers: Ser
     assert f'<Connect><Stream url="{stream}?voice=joe&amp;text=Hi+there" bidirectionalMode="rtp"' in signed.text
 
 
-async def test_plivo_webhook_streams_bidirectionally(carriers: ServerThread) -> None:
+async def test_plivo_webhook_is_signed_and_streams_bidirectionally(carriers: ServerThread) -> None:
+    url = carriers.url + "/v1/telephony/plivo/voice?text=Hello"
+    form = {"CallUUID": "c", "From": "+15550001111"}
+    signed = {"X-Plivo-Signature-V3": plivo_signature(PLIVO_TOKEN, url, "n0nce", form.items()), "X-Plivo-Signature-V3-Nonce": "n0nce"}
     async with httpx.AsyncClient() as client:
-        answer = await client.post(carriers.url + "/v1/telephony/plivo/voice?text=Hello", data={"CallUUID": "c"})
+        assert (await client.post(url, data=form)).status_code == 403
+        assert (await client.post(url, data=form | {"From": "+1999"}, headers=signed)).status_code == 403
+        answer = await client.post(url, data=form, headers=signed)
     assert answer.status_code == 200
     assert f'<Stream bidirectional="true" keepCallAlive="true" contentType="audio/x-mulaw;rate=8000">{stream_url(carriers, "plivo")}?text=Hello</Stream>' in answer.text
 

@@ -16,6 +16,7 @@ from signaling.serializers.exotel import ExotelSerializer
 from signaling.serializers.json_media import Codec
 from signaling.serializers.plivo import PlivoSerializer
 from signaling.serializers.telnyx import ChunkOrder, TelnyxSerializer
+from signaling.plivo_signature import PlivoSigning, plivo_signature, signed_url
 from signaling.telnyx_signature import TelnyxSigning
 
 STREAM = "32de0dea-53cb-4b21-89a4-9e3819c043bc"
@@ -263,3 +264,23 @@ def test_telnyx_signatures() -> None:
     assert not signing.verify(SimpleNamespace(headers={}, body=b""))
     assert not signing.verify(SimpleNamespace(headers={"telnyx-signature-ed25519": "@@", "telnyx-timestamp": "x"}, body=b""))
     assert not TelnyxSigning("").enabled and not TelnyxSigning("not base64!").verify(request(b"", now))
+
+
+def test_plivo_v3_signatures() -> None:
+    """The signed string as Plivo's SDK (plivo 4.63.0, validate_v3_signature) builds it: checked against it by hand."""
+    url = "https://voice.example.com/v1/telephony/plivo/voice?voice=joe&text=Hi%20there"
+    form = [("CallUUID", "c-1"), ("From", "+1555"), ("A", "2"), ("A", "1")]
+    assert signed_url(url, form) == "https://voice.example.com/v1/telephony/plivo/voice?text=Hi there&voice=joe.A1A2CallUUIDc-1From+1555"
+    assert signed_url(url.split("?")[0], [("CallUUID", "c-1")]) == "https://voice.example.com/v1/telephony/plivo/voice?CallUUIDc-1"
+    assert signed_url(url.split("?")[0] + "?b=2&a=1") == "https://voice.example.com/v1/telephony/plivo/voice?a=1&b=2"
+    signing = PlivoSigning("token")
+    signature = plivo_signature("token", url, "n0nce", form)
+
+    def request(headers):
+        return SimpleNamespace(headers=headers, url=url, form=form)
+
+    assert signing.verify(request({"x-plivo-signature-v3": signature, "x-plivo-signature-v3-nonce": "n0nce"}))
+    assert signing.verify(request({"x-plivo-signature-v3": f"bogus,{signature}", "x-plivo-signature-v3-nonce": "n0nce"}))
+    assert not signing.verify(request({"x-plivo-signature-v3": signature, "x-plivo-signature-v3-nonce": "other"}))
+    assert not signing.verify(request({"x-plivo-signature-v3": signature}))
+    assert not PlivoSigning("other").verify(request({"x-plivo-signature-v3": signature, "x-plivo-signature-v3-nonce": "n0nce"}))
