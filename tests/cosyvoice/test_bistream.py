@@ -207,3 +207,46 @@ async def test_text_streaming_is_refused_where_unsupported(engine, model_dirs):
             v1.synthesize_text_stream(SynthesisRequest(text="hello", mode=Mode.SFT), TextStream())
     finally:
         await v1.close()
+
+
+async def test_a_session_speaks_a_streamed_reply_as_one_decoding(engine):
+    """A session with text_streaming on the real engine: the words said one by one become one
+    decoding of all of them (its token count sets the audio's length), with no clause request."""
+    from signaling.session import Session, Transport
+    from support.waiting import until
+
+    class EngineSpeech:
+        clauses = 0
+
+        def check(self, voice):
+            pass
+
+        def open(self, text, voice):
+            self.clauses += 1
+            return engine.synthesize(SynthesisRequest(text=text, mode=Mode.SFT, seed=7))
+
+        def streams_text(self, voice):
+            return engine.capabilities.text_streaming
+
+        def open_text(self, text, voice, more):
+            return engine.synthesize_text_stream(SynthesisRequest(text=text, mode=Mode.SFT, seed=7), more)
+
+    lm = engine.components.llm
+    empty = torch.zeros(0, dtype=torch.long)
+    decoding = TextFedDecoding(lm, empty, empty, seed=7)
+    for piece in PIECES:
+        decoding.feed(torch.tensor(engine.components.tokenizer.encode(piece), dtype=torch.long))
+    decoding.close()
+    while not decoding.done:
+        decoding.step()
+
+    speech = EngineSpeech()
+    session = Session(speech, transport=Transport.WEBSOCKET, output_rate=24000, text_streaming=True)
+    for piece in PIECES:
+        utterance = session.say(piece)
+        await asyncio.sleep(0.02)
+    session.flush()
+    await until(lambda: utterance.audio_samples >= 960 * decoding.spoken, 60, "the reply's audio")
+    await asyncio.sleep(0.1)
+    assert utterance.audio_samples == 960 * decoding.spoken and speech.clauses == 0
+    await session.close()
