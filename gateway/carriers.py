@@ -28,6 +28,7 @@ from signaling.serializers.vonage import VonageSerializer
 from signaling.session import Transport
 from signaling.telnyx_signature import TelnyxSigning
 from signaling.twilio_signature import SIGNATURE_HEADER, TwilioSigning
+from signaling.vonage_signature import VonageSigning
 
 PREFIX = "/v1/telephony/"
 SIGNALWIRE_HEADER = "x-signalwire-signature"  # SignalWire also sends X-Twilio-Signature, the same value
@@ -104,6 +105,24 @@ def _plivo_signing(settings: TelephonySettings) -> Signing:
     return PlivoSigning(settings.plivo_auth_token)
 
 
+@dataclass(frozen=True)
+class _VonageScheme:
+    """Vonage's signed webhooks (a JWT vouching for the body) as a :class:`Signing`."""
+
+    signing: VonageSigning
+
+    @property
+    def enabled(self) -> bool:
+        return self.signing.enabled
+
+    def verify(self, request: SignedRequest) -> bool:
+        return self.signing.verify(request.headers.get("authorization", ""), request.body)
+
+
+def _vonage_signing(settings: TelephonySettings) -> Signing:
+    return _VonageScheme(VonageSigning(settings.vonage_signature_secret))
+
+
 CARRIERS: dict[str, Carrier] = {
     carrier.name: carrier
     for carrier in (
@@ -113,7 +132,7 @@ CARRIERS: dict[str, Carrier] = {
         Carrier("telnyx", Transport.TELNYX, TelnyxSerializer, markup.texml, _telnyx_signing),
         Carrier("plivo", Transport.PLIVO, PlivoSerializer, markup.plivo_xml, _plivo_signing),
         Carrier("exotel", Transport.EXOTEL, ExotelSerializer),  # no markup: the Voicebot applet names the URL
-        Carrier("vonage", Transport.VONAGE, VonageSerializer, markup.ncco),
+        Carrier("vonage", Transport.VONAGE, VonageSerializer, markup.ncco, _vonage_signing),
         Carrier("jambonz", Transport.JAMBONZ, JambonzSerializer, markup.jambonz_listen, subprotocol=jambonz.SUBPROTOCOL),
         Carrier("freeswitch", Transport.FREESWITCH, FreeSwitchSerializer),
         Carrier("asterisk", Transport.ASTERISK, AsteriskSerializer),

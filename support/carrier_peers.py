@@ -45,7 +45,7 @@ class CarrierPeer:
         self.frame = rate // 50  # 20 ms
         self.parameters = parameters or {}
         self.call_id = str(uuid.uuid4())
-        self.received: list[tuple[float, int]] = []  # (arrival, samples) of each audio message
+        self.received: list[tuple[float, np.ndarray]] = []  # (arrival, audio) of each audio message
         self.played: list[tuple[float, np.ndarray]] = []  # (playout time, 20 ms of audio)
         self.marks_echoed: list[tuple[float, str]] = []
         self.clears: list[float] = []
@@ -109,7 +109,7 @@ class CarrierPeer:
                 if played is None:
                     continue
                 if played.audio is not None:
-                    self.received.append((time.monotonic(), len(played.audio)))
+                    self.received.append((time.monotonic(), played.audio))
                     self._queue.append(played.audio)
                 elif played.mark is not None:
                     self._queue.append(played.mark)

@@ -17,6 +17,7 @@ import websockets
 
 from gateway.settings import Settings
 from media.resample import resample
+from signaling.vonage_signature import vonage_token
 from support.carrier_peers import CarrierPeer, ChanWebSocketPeer, FreeSwitchPeer, JambonzPeer, VonagePeer
 from support.servers import ServerThread
 from support.waiting import until
@@ -30,13 +31,18 @@ LEAD = 0.1  # the gateway's lead here (session.lead_ms)
 SLACK = 0.03
 MARKED = ("vonage", "jambonz", "asterisk")  # dialects with marks and a clear; mod_audio_stream has neither
 DIALECTS = (*MARKED, "freeswitch")
+VONAGE_SECRET = "vonage-signature-secret-0123456789"
 RATES = {"vonage": 16000, "jambonz": 8000, "asterisk": 16000, "freeswitch": 8000}  # as our markup / dial string asks
 
 
 @pytest.fixture(scope="module")
 def phone(tmp_path_factory: pytest.TempPathFactory) -> ServerThread:
     settings = Settings.model_validate(
-        {"paths": {"data_dir": str(tmp_path_factory.mktemp("phone"))}, "session": {"lead_ms": round(LEAD * 1000)}}
+        {
+            "paths": {"data_dir": str(tmp_path_factory.mktemp("phone"))},
+            "session": {"lead_ms": round(LEAD * 1000)},
+            "telephony": {"vonage_signature_secret": VONAGE_SECRET},
+        }
     )
     server = ServerThread(settings).start()
     yield server
@@ -92,7 +98,7 @@ async def test_the_greeting_is_speech_paced_at_real_time_and_marked(phone: Serve
         done = await events.wait("utterance.done")
         audio = peer.heard()
         assert_speech_like(audio, peer.rate, min_seconds=4, max_seconds=14)
-        assert {samples for _, samples in peer.received} == {peer.frame}, "20 ms of audio per message"
+        assert {len(audio) for _, audio in peer.received} == {peer.frame}, "20 ms of audio per message"
         first = peer.received[0][0]
         for index, (at, _) in enumerate(peer.received):
             early = index * 0.02 - (at - first)
@@ -238,8 +244,15 @@ async def test_jambonz_is_answered_with_its_subprotocol(phone: ServerThread) -> 
 
 async def test_markup_webhooks_connect_the_call_to_the_stream(phone: ServerThread) -> None:
     base = phone.url.replace("http", "ws") + "/v1/telephony"
+    answer = b'{"uuid": "63f61863-4a51-4f6b-86e1-46edebcf9356", "from": "447700900000"}'
+    signed = {"authorization": "Bearer " + vonage_token(VONAGE_SECRET, answer, time.time())}
+    vonage_url = "/v1/telephony/vonage/voice?voice=joe&text=Hi%20there"
     async with httpx.AsyncClient(base_url=phone.url) as client:
-        vonage = await client.post("/v1/telephony/vonage/voice?voice=joe&text=Hi%20there")
+        assert (await client.post(vonage_url, content=answer)).status_code == 403, "unsigned"
+        forged = {"authorization": "Bearer " + vonage_token("not-the-secret", answer, time.time())}
+        assert (await client.post(vonage_url, content=answer, headers=forged)).status_code == 403
+        assert (await client.post(vonage_url, content=answer + b" ", headers=signed)).status_code == 403, "body changed"
+        vonage = await client.post(vonage_url, content=answer, headers=signed)
         jambonz = await client.post("/v1/telephony/jambonz/voice?voice=joe&text=Hi%20there", json={"call_sid": "c1"})
         for without in ("freeswitch", "asterisk"):
             assert (await client.post(f"/v1/telephony/{without}/voice")).status_code == 404
