@@ -1,4 +1,4 @@
-"""Telephony load: N concurrent simulated Twilio Media Streams (or Asterisk AudioSocket) calls.
+"""Telephony load: N concurrent simulated Twilio Media Streams (or Asterisk AudioSocket, Vonage, jambonz, FreeSWITCH, chan_websocket) calls.
 
 Each call is the protocol simulator the tests use (``support/telephony_peers.py``):
 Twilio's side streams 20 ms of caller audio every 20 ms (digital silence, which
@@ -18,6 +18,11 @@ so the lead is its only buffer.
 
     .venv/bin/python bench/telephony.py --ramp 10 50 100 150
     .venv/bin/python bench/telephony.py --protocol audiosocket --ramp 50 100 200
+    .venv/bin/python bench/telephony.py --dialect vonage --ramp 50 100   # also jambonz, freeswitch, asterisk
+
+The binary-PCM dialects' simulators (``support/carrier_peers.py``) ask for
+what our markup asks: Vonage and Asterisk (``c(slin16)``) at 16 kHz, jambonz
+and FreeSWITCH at 8 kHz.
 """
 
 from __future__ import annotations
@@ -144,9 +149,65 @@ class AudioSocketBot:
         await self.peer.close()
 
 
+@dataclass(frozen=True)
+class CarrierBotSpec:
+    dialect: str  # vonage, jambonz, freeswitch or asterisk: the simulators of support/carrier_peers.py
+    ws_url: str
+    text: str = PARAGRAPH
+
+    def make(self) -> CarrierBot:
+        return CarrierBot(self)
+
+
+class CarrierBot:
+    """A binary-PCM carrier's call whose start carries the paragraph as ``text``: connecting is speaking."""
+
+    def __init__(self, spec: CarrierBotSpec) -> None:
+        from support import carrier_peers
+
+        peers = {"vonage": carrier_peers.VonagePeer, "jambonz": carrier_peers.JambonzPeer,
+                 "freeswitch": carrier_peers.FreeSwitchPeer, "asterisk": carrier_peers.ChanWebSocketPeer}  # fmt: skip
+        self.marked = spec.dialect != "freeswitch"  # mod_audio_stream has no marks
+        narrowband = {"rate": 8000} if spec.dialect in ("jambonz", "freeswitch") else {}  # as our markup asks
+        self.peer = peers[spec.dialect](spec.ws_url, parameters={"text": spec.text}, **narrowband)
+        self.sent: float | None = None
+        self.error = ""
+
+    async def prepare(self) -> None:
+        pass
+
+    async def speak(self) -> None:
+        self.sent = time.monotonic()
+        await self.peer.connect()
+
+    async def finish(self, timeout: float) -> None:
+        """Done when the end mark is echoed or, without marks, when audio came and then stopped for ``QUIET`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self._done():
+            if time.monotonic() > deadline or self.peer.closed.is_set():
+                self.error = "the greeting did not end" if self.peer.received else "heard nothing"
+                return
+            await asyncio.sleep(0.05)
+
+    def _done(self) -> bool:
+        if self.marked:
+            return any(name.startswith("end-") for _, name in self.peer.marks_echoed)
+        return bool(self.peer.received) and time.monotonic() - self.peer.received[-1][0] >= QUIET
+
+    def result(self) -> dict[str, Any]:
+        return heard([at for at, _ in self.peer.received], [audio for _, audio in self.peer.received], self.sent, self.error)
+
+    async def close(self) -> None:
+        await self.peer.close()
+
+
+CARRIER_DIALECTS = ("vonage", "jambonz", "freeswitch", "asterisk")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", choices=("twilio", "audiosocket"), default="twilio")
+    parser.add_argument("--protocol", "--dialect", dest="protocol", choices=("twilio", "audiosocket", *CARRIER_DIALECTS),
+                        default="twilio")
     parser.add_argument("--ramp", type=int, nargs="+", default=[10, 50, 100, 150, 200])
     parser.add_argument("--no-barge-in", action="store_true", help="no voice activity detection on caller audio")
     parser.add_argument("--echo-db", type=float, help="Twilio: our audio comes back on the caller's line at this level "
@@ -163,13 +224,17 @@ def main() -> None:
     gateway = Gateway(engine_env("replay", extra), *flags).wait_ready()
     gateway.ports.append(port)
     try:
+        stream_url = gateway.url.replace("http", "ws", 1) + f"/v1/telephony/{args.protocol}/stream"
         if args.protocol == "twilio":
-            spec: Any = TwilioBotSpec(gateway.url.replace("http", "ws", 1) + "/v1/telephony/twilio/stream", echo_db=args.echo_db)
+            spec: Any = TwilioBotSpec(stream_url, echo_db=args.echo_db)
+        elif args.protocol in CARRIER_DIALECTS:
+            spec = CarrierBotSpec(args.protocol, stream_url)
         else:
             spec = AudioSocketBotSpec("127.0.0.1", port)
         print(f"{args.protocol} on the replay engine, barge-in {'off' if args.no_barge_in else 'on'}; gateway pid "
               f"{gateway.pid} at {gateway.url}; {os.cpu_count()} cores shared by the gateway and the bots", flush=True)  # fmt: skip
-        listener = Listener(LEAD, 0.0, "text" if args.protocol == "twilio" else "audiosocket")
+        wire = {"twilio": "text", "freeswitch": "text", "audiosocket": "audiosocket"}.get(args.protocol, "binary")
+        listener = Listener(LEAD, 0.0, wire)
         rows = ramp(gateway, spec, args.ramp, listener, bots_for(args, gateway))
         report_capacity(rows, f"{args.protocol} calls (replay)")
     finally:
