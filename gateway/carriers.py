@@ -13,6 +13,8 @@ from typing import Protocol
 
 from gateway.settings import TelephonySettings
 from signaling import markup
+from signaling.jambonz_signature import HEADER as JAMBONZ_HEADER
+from signaling.jambonz_signature import JambonzSigning
 from signaling.markup import MarkupBuilder
 from signaling.plivo_signature import PlivoSigning
 from signaling.serializers import jambonz
@@ -123,6 +125,24 @@ def _vonage_signing(settings: TelephonySettings) -> Signing:
     return _VonageScheme(VonageSigning(settings.vonage_signature_secret))
 
 
+@dataclass(frozen=True)
+class _JambonzScheme:
+    """jambonz's signed webhooks (an HMAC of the time and the body) as a :class:`Signing`."""
+
+    signing: JambonzSigning
+
+    @property
+    def enabled(self) -> bool:
+        return self.signing.enabled
+
+    def verify(self, request: SignedRequest) -> bool:
+        return self.signing.verify(request.headers.get(JAMBONZ_HEADER, ""), request.body)
+
+
+def _jambonz_signing(settings: TelephonySettings) -> Signing:
+    return _JambonzScheme(JambonzSigning(settings.jambonz_webhook_secret))
+
+
 CARRIERS: dict[str, Carrier] = {
     carrier.name: carrier
     for carrier in (
@@ -133,7 +153,8 @@ CARRIERS: dict[str, Carrier] = {
         Carrier("plivo", Transport.PLIVO, PlivoSerializer, markup.plivo_xml, _plivo_signing),
         Carrier("exotel", Transport.EXOTEL, ExotelSerializer),  # no markup: the Voicebot applet names the URL
         Carrier("vonage", Transport.VONAGE, VonageSerializer, markup.ncco, _vonage_signing),
-        Carrier("jambonz", Transport.JAMBONZ, JambonzSerializer, markup.jambonz_listen, subprotocol=jambonz.SUBPROTOCOL),
+        Carrier("jambonz", Transport.JAMBONZ, JambonzSerializer, markup.jambonz_listen, _jambonz_signing,
+                subprotocol=jambonz.SUBPROTOCOL),
         Carrier("freeswitch", Transport.FREESWITCH, FreeSwitchSerializer),
         Carrier("asterisk", Transport.ASTERISK, AsteriskSerializer),
     )

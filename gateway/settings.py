@@ -101,6 +101,7 @@ class TelephonySettings(Section):
     telnyx_public_key: str = ""  # base64 Ed25519 key from the Telnyx portal: TeXML webhooks must carry its signature
     signalwire_signing_key: str = ""  # SignalWire signs LaML webhooks with Twilio's scheme and this key
     plivo_auth_token: str = ""  # Plivo XML webhooks must carry X-Plivo-Signature-V3 made with this token
+    jambonz_webhook_secret: str = ""  # jambonz signs its webhooks (Jambonz-Signature) with the account's webhook secret
     vonage_signature_secret: str = ""  # Vonage signs its webhooks with a JWT keyed with the account's signature secret
     public_url: str = ""
     audiosocket_host: str = "127.0.0.1"

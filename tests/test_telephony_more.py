@@ -17,6 +17,7 @@ import websockets
 
 from gateway.settings import Settings
 from media.resample import resample
+from signaling.jambonz_signature import jambonz_signature
 from signaling.vonage_signature import vonage_token
 from support.carrier_peers import CarrierPeer, ChanWebSocketPeer, FreeSwitchPeer, JambonzPeer, VonagePeer
 from support.servers import ServerThread
@@ -32,6 +33,7 @@ SLACK = 0.03
 MARKED = ("vonage", "jambonz", "asterisk")  # dialects with marks and a clear; mod_audio_stream has neither
 DIALECTS = (*MARKED, "freeswitch")
 VONAGE_SECRET = "vonage-signature-secret-0123456789"
+JAMBONZ_SECRET = "jambonz-webhook-secret-0123456789"
 RATES = {"vonage": 16000, "jambonz": 8000, "asterisk": 16000, "freeswitch": 8000}  # as our markup / dial string asks
 
 
@@ -41,7 +43,7 @@ def phone(tmp_path_factory: pytest.TempPathFactory) -> ServerThread:
         {
             "paths": {"data_dir": str(tmp_path_factory.mktemp("phone"))},
             "session": {"lead_ms": round(LEAD * 1000)},
-            "telephony": {"vonage_signature_secret": VONAGE_SECRET},
+            "telephony": {"vonage_signature_secret": VONAGE_SECRET, "jambonz_webhook_secret": JAMBONZ_SECRET},
         }
     )
     server = ServerThread(settings).start()
@@ -253,7 +255,12 @@ async def test_markup_webhooks_connect_the_call_to_the_stream(phone: ServerThrea
         assert (await client.post(vonage_url, content=answer, headers=forged)).status_code == 403
         assert (await client.post(vonage_url, content=answer + b" ", headers=signed)).status_code == 403, "body changed"
         vonage = await client.post(vonage_url, content=answer, headers=signed)
-        jambonz = await client.post("/v1/telephony/jambonz/voice?voice=joe&text=Hi%20there", json={"call_sid": "c1"})
+        jambonz_url, call = "/v1/telephony/jambonz/voice?voice=joe&text=Hi%20there", b'{"call_sid": "c1"}'
+        assert (await client.post(jambonz_url, content=call)).status_code == 403, "unsigned"
+        stale = {"jambonz-signature": jambonz_signature(JAMBONZ_SECRET, call, int(time.time()) - 3600)}
+        assert (await client.post(jambonz_url, content=call, headers=stale)).status_code == 403
+        fresh = {"jambonz-signature": jambonz_signature(JAMBONZ_SECRET, call, int(time.time()))}
+        jambonz = await client.post(jambonz_url, content=call, headers=fresh)
         for without in ("freeswitch", "asterisk"):
             assert (await client.post(f"/v1/telephony/{without}/voice")).status_code == 404
     assert vonage.headers["content-type"].startswith("application/json")

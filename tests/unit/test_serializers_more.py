@@ -236,3 +236,17 @@ def test_vonage_signatures_vouch_for_the_secret_the_time_and_the_body():
     for garbage in ("", "Bearer", "Basic abc", "Bearer a.b.c", "Bearer !!.??.**"):
         assert not signing.verify(garbage, body, now)
     assert not VonageSigning("").enabled
+
+
+def test_jambonz_signatures_vouch_for_the_secret_the_time_and_the_body():
+    from signaling.jambonz_signature import MAX_AGE, JambonzSigning, jambonz_signature
+
+    signing, body, now = JambonzSigning("whsec"), b'{"call_sid": "c1"}', 1_800_000_000
+    header = jambonz_signature("whsec", body, now)
+    assert signing.verify(header, body, now)
+    assert signing.verify(f"{jambonz_signature('old', body, now)},v1={header.rpartition('v1=')[2]}", body, now), "rotation"
+    assert not signing.verify(header, body + b" ", now), "another body"
+    assert not signing.verify(jambonz_signature("other", body, now), body, now), "another secret"
+    assert not signing.verify(header, body, now + MAX_AGE + 1), "too old"
+    for garbage in ("", "t=,v1=", f"t={now}", "v1=abc", f"t=-5,v1={'0' * 64}", f"t={now},t={now},v1=x"):
+        assert not signing.verify(garbage, body, now)
