@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -39,17 +40,27 @@ from signaling.serializers.base import (
 from signaling.serializers.linear import json_object, pcm_media, scalar_fields
 
 
+class Encoding(Enum):
+    SLIN = "slin"  # signed 16-bit little-endian
+    ULAW = "ulaw"  # G.711, one byte a sample
+    ALAW = "alaw"
+
+
 @dataclass(frozen=True)
 class Format:
-    """An Asterisk format we can speak: its rate and whether it is G.711 (one byte a sample)."""
+    """An Asterisk format we can speak."""
 
     sample_rate: int
-    law: str = ""  # "ulaw", "alaw", or "" for slin (signed 16-bit little-endian)
+    encoding: Encoding = Encoding.SLIN
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self.encoding is Encoding.SLIN else 1
 
 
 FORMATS = {
-    "ulaw": Format(8000, "ulaw"),
-    "alaw": Format(8000, "alaw"),
+    "ulaw": Format(8000, Encoding.ULAW),
+    "alaw": Format(8000, Encoding.ALAW),
     "slin": Format(8000),
     "slin12": Format(12000),
     "slin16": Format(16000),
@@ -86,7 +97,7 @@ class AsteriskSerializer(CarrierSerializer):
         if isinstance(message, bytes):
             if self.format is None:
                 raise ProtocolViolation("media before MEDIA_START")
-            return pcm_media(message, self.format.sample_rate, 1 if self.format.law else 2)
+            return pcm_media(message, self.format.sample_rate, self.format.bytes_per_sample)
         is_json = message.lstrip().startswith("{")
         if not is_json and not message.strip():
             raise Malformed("an empty Asterisk control message")
@@ -108,18 +119,18 @@ class AsteriskSerializer(CarrierSerializer):
         return Problem(f"unknown Asterisk event {event!r} ignored")
 
     def decode_audio(self, media: Media) -> np.ndarray:
-        law = self.format.law
-        if law == "ulaw":
+        encoding = self.format.encoding
+        if encoding is Encoding.ULAW:
             return ulaw_decode(media.payload) / np.float32(32768.0)
-        if law == "alaw":
+        if encoding is Encoding.ALAW:
             return alaw_decode(media.payload) / np.float32(32768.0)
         return from_s16le(media.payload)
 
     def encode_audio(self, samples: np.ndarray) -> bytes:
-        law = self.format.law
-        if law == "ulaw":
+        encoding = self.format.encoding
+        if encoding is Encoding.ULAW:
             return ulaw_encode(to_int16(samples))
-        if law == "alaw":
+        if encoding is Encoding.ALAW:
             return alaw_encode(to_int16(samples))
         return to_s16le(samples)
 

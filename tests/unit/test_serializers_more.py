@@ -250,3 +250,15 @@ def test_jambonz_signatures_vouch_for_the_secret_the_time_and_the_body():
     assert not signing.verify(header, body, now + MAX_AGE + 1), "too old"
     for garbage in ("", "t=,v1=", f"t={now}", "v1=abc", f"t=-5,v1={'0' * 64}", f"t={now},t={now},v1=x"):
         assert not signing.verify(garbage, body, now)
+
+
+def test_asterisk_alaw_media_is_one_byte_a_sample():
+    from media.g711 import alaw_encode
+
+    serializer = AsteriskSerializer()
+    serializer.decode(json.dumps(ASTERISK_START | {"format": "alaw", "optimal_frame_size": 160}))
+    samples = tone(8000)
+    assert serializer.encode_audio(samples) == alaw_encode(to_int16(samples))
+    media = serializer.decode(alaw_encode(to_int16(samples)))
+    assert media.seconds == pytest.approx(0.02) and media.sample_rate == 8000
+    assert np.max(np.abs(serializer.decode_audio(media) - samples)) < 0.02  # A-law's step near 0.5 is 1/64 of full scale
