@@ -19,6 +19,7 @@ so the lead is its only buffer.
     .venv/bin/python bench/telephony.py --ramp 10 50 100 150
     .venv/bin/python bench/telephony.py --protocol audiosocket --ramp 50 100 200
     .venv/bin/python bench/telephony.py --dialect vonage --ramp 50 100   # also jambonz, freeswitch, asterisk
+    .venv/bin/python bench/telephony.py --dialect telnyx --ramp 50 100   # also plivo, exotel, signalwire
 
 The binary-PCM dialects' simulators (``support/carrier_peers.py``) ask for
 what our markup asks: Vonage and Asterisk (``c(slin16)``) at 16 kHz, jambonz
@@ -204,9 +205,59 @@ class CarrierBot:
 CARRIER_DIALECTS = ("vonage", "jambonz", "freeswitch", "asterisk")
 
 
+@dataclass(frozen=True)
+class JsonStreamBotSpec:
+    dialect: str  # telnyx, plivo or exotel: the simulators of support/json_stream_peers.py
+    ws_url: str
+    text: str = PARAGRAPH
+
+    def make(self) -> JsonStreamBot:
+        return JsonStreamBot(self)
+
+
+class JsonStreamBot:
+    """A JSON media-stream call whose start says the paragraph: μ-law 8 kHz as our markup asks (Exotel: 16-bit PCM)."""
+
+    def __init__(self, spec: JsonStreamBotSpec) -> None:
+        from support import json_stream_peers
+
+        peers = {"telnyx": json_stream_peers.TelnyxPeer, "plivo": json_stream_peers.PlivoPeer,
+                 "exotel": json_stream_peers.ExotelPeer}  # fmt: skip
+        self.peer = peers[spec.dialect](spec.ws_url, parameters={"text": spec.text})
+        self.sent: float | None = None
+        self.error = ""
+
+    async def prepare(self) -> None:
+        pass
+
+    async def speak(self) -> None:
+        self.sent = time.monotonic()
+        await self.peer.connect()
+
+    async def finish(self, timeout: float) -> None:
+        """Done when the far end reports the utterance's end mark (checkpoint) played."""
+        deadline = time.monotonic() + timeout
+        while not any(name.startswith("end-") for _, name in self.peer.marks_echoed):
+            if time.monotonic() > deadline:
+                self.error = "no end mark echoed"
+                return
+            await asyncio.sleep(0.05)
+
+    def result(self) -> dict[str, Any]:
+        chunks = [self.peer.codec.decode(payload) for _, payload in self.peer.received]
+        return heard([at for at, _ in self.peer.received], chunks, self.sent, self.error)
+
+    async def close(self) -> None:
+        await self.peer.stop()
+
+
+JSON_DIALECTS = ("telnyx", "plivo", "exotel", "signalwire")  # signalwire: Twilio's simulator on SignalWire's route
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", "--dialect", dest="protocol", choices=("twilio", "audiosocket", *CARRIER_DIALECTS),
+    dialects = ("twilio", "audiosocket", *CARRIER_DIALECTS, *JSON_DIALECTS)
+    parser.add_argument("--protocol", "--dialect", dest="protocol", choices=dialects,
                         default="twilio")
     parser.add_argument("--ramp", type=int, nargs="+", default=[10, 50, 100, 150, 200])
     parser.add_argument("--no-barge-in", action="store_true", help="no voice activity detection on caller audio")
@@ -225,8 +276,10 @@ def main() -> None:
     gateway.ports.append(port)
     try:
         stream_url = gateway.url.replace("http", "ws", 1) + f"/v1/telephony/{args.protocol}/stream"
-        if args.protocol == "twilio":
+        if args.protocol in ("twilio", "signalwire"):
             spec: Any = TwilioBotSpec(stream_url, echo_db=args.echo_db)
+        elif args.protocol in JSON_DIALECTS:
+            spec = JsonStreamBotSpec(args.protocol, stream_url)
         elif args.protocol in CARRIER_DIALECTS:
             spec = CarrierBotSpec(args.protocol, stream_url)
         else:
@@ -234,6 +287,7 @@ def main() -> None:
         print(f"{args.protocol} on the replay engine, barge-in {'off' if args.no_barge_in else 'on'}; gateway pid "
               f"{gateway.pid} at {gateway.url}; {os.cpu_count()} cores shared by the gateway and the bots", flush=True)  # fmt: skip
         wire = {"twilio": "text", "freeswitch": "text", "audiosocket": "audiosocket"}.get(args.protocol, "binary")
+        wire = "text" if args.protocol in JSON_DIALECTS else wire
         listener = Listener(LEAD, 0.0, wire)
         rows = ramp(gateway, spec, args.ramp, listener, bots_for(args, gateway))
         report_capacity(rows, f"{args.protocol} calls (replay)")

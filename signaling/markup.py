@@ -45,7 +45,8 @@ def plivo_xml(stream_url: str, parameters: Mapping[str, str]) -> Markup:
     """Plivo XML (and Vobiz's): a bidirectional ``<Stream>`` kept alive with the call, μ-law 8 kHz, the URL as its
     text; parameters in the URL's query, which the stream route reads."""
     attributes = 'bidirectional="true" keepCallAlive="true" contentType="audio/x-mulaw;rate=8000"'
-    return Markup(f"{XML_HEAD}<Response><Stream {attributes}>{escape(_with_query(stream_url, parameters))}</Stream></Response>")
+    url = escape(_with_query(stream_url, parameters))
+    return Markup(f"{XML_HEAD}<Response><Stream {attributes}>{url}</Stream></Response>")
 
 
 def _with_query(url: str, parameters: Mapping[str, str]) -> str:

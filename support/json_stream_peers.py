@@ -122,11 +122,15 @@ class JsonStreamPeer:
         if self.socket is not None:
             await self.socket.close()
 
+    def _next(self) -> str:
+        """The next sequence number, as the string Telnyx and Exotel send."""
+        return str(next(self.sequence))
+
     def heard(self) -> np.ndarray:
         return np.concatenate([audio for _, audio in self.played]) if self.played else np.zeros(0, np.float32)
 
     def sent_audio(self) -> np.ndarray:
-        return np.concatenate([self.codec.decode(payload) for _, payload in self.received]) if self.received else np.zeros(0)
+        return np.concatenate([self.codec.decode(payload) for _, payload in self.received] or [np.zeros(0, np.float32)])
 
     async def _read(self) -> None:
         async for raw in self.socket:
@@ -203,11 +207,11 @@ class TelnyxPeer(JsonStreamPeer):
         media_format = {"encoding": TELNYX_ENCODINGS[self.codec], "sample_rate": self.rate, "channels": 1}
         start = {"user_id": str(uuid.uuid4()), "call_control_id": "v3:" + self.call_id, "media_format": media_format,
                  "custom_parameters": self.parameters}  # fmt: skip
-        return {"event": "start", "sequence_number": str(next(self.sequence)), "start": start, "stream_id": self.stream_id}
+        return {"event": "start", "sequence_number": self._next(), "start": start, "stream_id": self.stream_id}
 
     def media_message(self, payload: str, chunk: int) -> dict:
         media = {"track": "inbound", "chunk": str(chunk), "timestamp": str((chunk - 1) * 20), "payload": payload}
-        return {"event": "media", "sequence_number": str(next(self.sequence)), "media": media, "stream_id": self.stream_id}
+        return {"event": "media", "sequence_number": self._next(), "media": media, "stream_id": self.stream_id}
 
     def deliver(self, messages: list[dict]) -> list[dict]:
         if not self.swap_every:
@@ -221,12 +225,12 @@ class TelnyxPeer(JsonStreamPeer):
         return [message] if held is None else [message, held]
 
     def dtmf_message(self, digit: str) -> dict:
-        return {"event": "dtmf", "sequence_number": str(next(self.sequence)), "stream_id": self.stream_id,
+        return {"event": "dtmf", "sequence_number": self._next(), "stream_id": self.stream_id,
                 "dtmf": {"digit": digit}}  # fmt: skip
 
     def stop_message(self) -> dict:
         stop = {"user_id": str(uuid.uuid4()), "call_control_id": "v3:" + self.call_id}
-        return {"event": "stop", "sequence_number": str(next(self.sequence)), "stop": stop, "stream_id": self.stream_id}
+        return {"event": "stop", "sequence_number": self._next(), "stop": stop, "stream_id": self.stream_id}
 
     def read(self, message: dict) -> Outbound | None:
         match message.get("event"):
@@ -239,7 +243,7 @@ class TelnyxPeer(JsonStreamPeer):
         return None
 
     def echo(self, name: str) -> dict:
-        return {"event": "mark", "sequence_number": str(next(self.sequence)), "stream_id": self.stream_id,
+        return {"event": "mark", "sequence_number": self._next(), "stream_id": self.stream_id,
                 "mark": {"name": name}}  # fmt: skip
 
 
@@ -258,8 +262,8 @@ class PlivoPeer(JsonStreamPeer):
 
     def start_message(self) -> dict:
         media_format = {"encoding": PLIVO_CONTENT_TYPES[self.codec], "sampleRate": self.rate}
-        start = {"callId": self.call_id, "streamId": self.stream_id, "accountId": "MA" + "0" * 18, "tracks": ["inbound"],
-                 "mediaFormat": media_format}  # fmt: skip
+        start = {"callId": self.call_id, "streamId": self.stream_id, "accountId": "MA" + "0" * 18,
+                 "tracks": ["inbound"], "mediaFormat": media_format}  # fmt: skip
         return {"event": "start", "sequenceNumber": 0, "start": start, "extra_headers": self.parameters}
 
     def media_message(self, payload: str, chunk: int) -> dict:
@@ -271,7 +275,9 @@ class PlivoPeer(JsonStreamPeer):
                 "dtmf": {"track": "inbound", "digit": digit}}  # fmt: skip
 
     def stop_message(self) -> dict | None:
-        return None if self.vobiz else {"event": "stop", "sequenceNumber": next(self.sequence), "streamId": self.stream_id}
+        if self.vobiz:
+            return None
+        return {"event": "stop", "sequenceNumber": next(self.sequence), "streamId": self.stream_id}
 
     def read(self, message: dict) -> Outbound | None:
         match message.get("event"):
@@ -286,7 +292,8 @@ class PlivoPeer(JsonStreamPeer):
         return None
 
     def echo(self, name: str) -> dict:
-        return {"event": "playedStream", "sequenceNumber": next(self.sequence), "streamId": self.stream_id, "name": name}
+        return {"event": "playedStream", "sequenceNumber": next(self.sequence), "streamId": self.stream_id,
+                "name": name}  # fmt: skip
 
     def cleared(self) -> dict:
         return {"event": "clearedAudio", "sequenceNumber": next(self.sequence), "streamId": self.stream_id}
@@ -305,19 +312,19 @@ class ExotelPeer(JsonStreamPeer):
         start = {"stream_sid": self.stream_id, "call_sid": self.call_id, "account_sid": "exotel-test",
                  "from": "+919876543210", "to": "+918047491899", "custom_parameters": self.parameters,
                  "media_format": media_format}  # fmt: skip
-        return {"event": "start", "sequence_number": str(next(self.sequence)), "stream_sid": self.stream_id, "start": start}
+        return {"event": "start", "sequence_number": self._next(), "stream_sid": self.stream_id, "start": start}
 
     def media_message(self, payload: str, chunk: int) -> dict:
         media = {"chunk": str(chunk), "timestamp": str((chunk - 1) * 100), "payload": payload}
-        return {"event": "media", "sequence_number": str(next(self.sequence)), "stream_sid": self.stream_id, "media": media}
+        return {"event": "media", "sequence_number": self._next(), "stream_sid": self.stream_id, "media": media}
 
     def dtmf_message(self, digit: str) -> dict:
-        return {"event": "dtmf", "sequence_number": str(next(self.sequence)), "stream_sid": self.stream_id,
+        return {"event": "dtmf", "sequence_number": self._next(), "stream_sid": self.stream_id,
                 "dtmf": {"digit": digit, "duration": "100"}}  # fmt: skip
 
     def stop_message(self) -> dict:
         stop = {"call_sid": self.call_id, "account_sid": "exotel-test", "reason": "callended"}
-        return {"event": "stop", "sequence_number": str(next(self.sequence)), "stream_sid": self.stream_id, "stop": stop}
+        return {"event": "stop", "sequence_number": self._next(), "stream_sid": self.stream_id, "stop": stop}
 
     def read(self, message: dict) -> Outbound | None:
         match message.get("event"):
@@ -330,5 +337,5 @@ class ExotelPeer(JsonStreamPeer):
         return None
 
     def echo(self, name: str) -> dict:
-        return {"event": "mark", "sequence_number": str(next(self.sequence)), "stream_sid": self.stream_id,
+        return {"event": "mark", "sequence_number": self._next(), "stream_sid": self.stream_id,
                 "mark": {"name": name}}  # fmt: skip

@@ -31,7 +31,15 @@ from signaling.serializers.base import (
     Start,
     Stop,
 )
-from signaling.serializers.json_media import Codec, base64_media, decode_base64, encode_base64, json_object, rate_of, string_map
+from signaling.serializers.json_media import (
+    Codec,
+    base64_media,
+    decode_base64,
+    encode_base64,
+    json_object,
+    rate_of,
+    string_map,
+)
 
 ENCODING = "audio/x-raw"
 RATES = (8000, 16000, 24000)  # the Voicebot URL's ?sample-rate=

@@ -32,7 +32,15 @@ from signaling.serializers.base import (
     Start,
     Stop,
 )
-from signaling.serializers.json_media import Codec, base64_media, decode_base64, encode_base64, json_object, rate_of, string_map
+from signaling.serializers.json_media import (
+    Codec,
+    base64_media,
+    decode_base64,
+    encode_base64,
+    json_object,
+    rate_of,
+    string_map,
+)
 
 CONTENT_TYPES = {"audio/x-mulaw": Codec.ULAW, "audio/x-l16": Codec.S16LE}
 RATES = (8000, 16000)
@@ -93,7 +101,8 @@ class PlivoSerializer(CarrierSerializer):
             raise ProtocolViolation(f"start with a mediaFormat that is not an object: {media_format!r}")
         content_type = str(media_format.get("encoding", "audio/x-mulaw")).lower()
         if content_type not in CONTENT_TYPES:
-            raise ProtocolViolation(f"unsupported Plivo encoding {content_type!r} (audio/x-mulaw and audio/x-l16 are carried)")
+            carried = " and ".join(CONTENT_TYPES)
+            raise ProtocolViolation(f"unsupported Plivo encoding {content_type!r} ({carried} are carried)")
         self.codec, self.content_type = CONTENT_TYPES[content_type], content_type
         self.rate = rate_of(media_format.get("sampleRate"), RATES, 8000)
         if self.codec is Codec.ULAW and self.rate != 8000:

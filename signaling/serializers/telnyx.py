@@ -36,7 +36,15 @@ from signaling.serializers.base import (
     Start,
     Stop,
 )
-from signaling.serializers.json_media import Codec, base64_media, decode_base64, encode_base64, json_object, rate_of, string_map
+from signaling.serializers.json_media import (
+    Codec,
+    base64_media,
+    decode_base64,
+    encode_base64,
+    json_object,
+    rate_of,
+    string_map,
+)
 
 CODECS = {"PCMU": Codec.ULAW, "PCMA": Codec.ALAW, "L16": Codec.L16}
 RATES = (8000, 16000)
@@ -76,7 +84,8 @@ class TelnyxSerializer(CarrierSerializer):
             return None if self.stream_id else self._start(fields)
         if event == "error":
             payload = fields.get("payload") if isinstance(fields.get("payload"), dict) else {}
-            return Problem(f"Telnyx reported error {payload.get('code')}: {payload.get('title') or payload.get('detail')}")
+            what = payload.get("title") or payload.get("detail")
+            return Problem(f"Telnyx reported error {payload.get('code')}: {what}")
         if event == "connected":
             return None
         return Problem(f"unknown Telnyx event {event!r} ignored")
