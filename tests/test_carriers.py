@@ -274,6 +274,24 @@ async def test_stream_url_parameters_open_the_session(carriers: ServerThread) ->
     assert closed.value.rcvd.code == 1008, "the unknown voice reached the session and was refused"
 
 
+@pytest.mark.parametrize("carrier", ("telnyx", "plivo", "exotel"))
+async def test_messages_before_the_start_wait_for_it(carriers: ServerThread, carrier: str) -> None:
+    """Audio, DTMF and marks before the start are skipped; the start then opens the call; a stop before it ends cleanly."""
+    peer = peer_for(carriers, carrier, parameters={"text": REPLY})
+    early = [peer.media_message("AAAA", 1), peer.dtmf_message("1"), peer.echo("nothing-1")]
+    async with websockets.connect(stream_url(carriers, carrier)) as socket:
+        for message in early:
+            await socket.send(json.dumps(message))
+        await socket.send(json.dumps(peer.start_message()))
+        await until(lambda: any(s.transport == carrier for s in carriers.app.state.sessions.list()), 5, "the call")
+        assert json.loads(await asyncio.wait_for(socket.recv(), 5))  # our audio flows
+    async with websockets.connect(stream_url(carriers, carrier)) as socket:
+        await socket.send(json.dumps(peer.stop_message() or {"event": "stop"}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), 5)
+    assert closed.value.rcvd.code == 1000, "a stop before the start: a normal close"
+
+
 def telnyx_headers(body: bytes, stamp: int | None = None) -> dict[str, str]:
     stamp = int(time.time()) if stamp is None else stamp
     signature = TELNYX_KEY.sign(str(stamp).encode() + b"|" + body)
@@ -323,8 +341,9 @@ async def test_unknown_carriers_and_markup_they_lack_are_not_found(carriers: Ser
     async with httpx.AsyncClient() as client:
         assert (await client.post(carriers.url + "/v1/telephony/nonesuch/voice")).status_code == 404
         assert (await client.post(carriers.url + "/v1/telephony/exotel/voice")).status_code == 404, "Exotel has no markup"
-    with pytest.raises(websockets.InvalidStatus):
+    with pytest.raises(websockets.InvalidStatus) as refused:
         await websockets.connect(stream_url(carriers, "nonesuch"))
+    assert refused.value.response.status_code == 404
 
 
 async def test_with_api_keys_on_the_webhook_hands_its_key_to_the_stream(tmp_path) -> None:

@@ -6,7 +6,7 @@ import logging
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import NOBODY, accept, caller_of
 from gateway.carriers import CARRIERS, PREFIX, Carrier, SignedRequest
@@ -54,7 +54,10 @@ async def carrier_stream(websocket: WebSocket, carrier: str, services: Services 
     settings = services.settings
     known = CARRIERS.get(carrier)
     if known is None:
-        await websocket.close(code=CloseCode.POLICY_VIOLATION)  # before accept: the upgrade is answered 403
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(JSONResponse({"detail": f"unknown carrier {carrier!r}"}, 404))
+        else:
+            await websocket.close(code=CloseCode.POLICY_VIOLATION)  # before accept: the upgrade is answered 403
         return
     signing = known.signing_for(settings.telephony) if known.signs_stream else None
     if signing is not None:
