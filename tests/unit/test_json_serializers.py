@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from types import SimpleNamespace
@@ -11,13 +12,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from signaling.carrier import CarrierCall
 from signaling.serializers.base import Dtmf, Malformed, Mark, Media, Problem, ProtocolViolation, Start, Stop, Undecodable
 from signaling.serializers.exotel import ExotelSerializer
 from signaling.serializers.json_media import Codec
 from signaling.serializers.plivo import PlivoSerializer
 from signaling.serializers.telnyx import ChunkOrder, TelnyxSerializer
 from signaling.plivo_signature import PlivoSigning, plivo_signature, signed_url
+from signaling.session import Session, Transport
 from signaling.telnyx_signature import TelnyxSigning
+from tests.unit.scripted import RATE, Script
 
 STREAM = "32de0dea-53cb-4b21-89a4-9e3819c043bc"
 # Telnyx's media streaming messages as its documentation shows them (ids are examples of their shape).
@@ -284,3 +288,35 @@ def test_plivo_v3_signatures() -> None:
     assert not signing.verify(request({"x-plivo-signature-v3": signature, "x-plivo-signature-v3-nonce": "other"}))
     assert not signing.verify(request({"x-plivo-signature-v3": signature}))
     assert not PlivoSigning("other").verify(request({"x-plivo-signature-v3": signature, "x-plivo-signature-v3-nonce": "n0nce"}))
+
+
+async def test_the_carrier_loop_hears_reordered_telnyx_audio_in_order() -> None:
+    """What a serializer holds back for order and releases later is acted on too, oldest first."""
+
+    class MemoryCall(CarrierCall):
+        def __init__(self) -> None:
+            super().__init__(TelnyxSerializer(), lead=0.0, barge_in=False)
+            self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def read(self) -> str | None:
+            return await self.inbox.get()
+
+        async def write(self, message) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    call = MemoryCall()
+    heard: list[str] = []
+    decode = call.serializer.decode_audio
+    call.serializer.decode_audio = lambda media: (heard.append(media.payload), decode(media))[1]
+    frames = {n: base64.b64encode(bytes([n]) * 160).decode() for n in range(1, 6)}
+    for message in [json.dumps(TELNYX_START)] + [telnyx_media(frames[n], n) for n in (1, 3, 2, 5, 4)]:
+        call.inbox.put_nowait(message)
+    call.inbox.put_nowait(json.dumps({"event": "stop", "stream_id": STREAM}))
+    await call.await_start(1.0)
+    session = Session(Script(), transport=Transport.TELNYX, output_rate=RATE)
+    async with asyncio.timeout(5):
+        await call.serve(session)
+    assert heard == [frames[n] for n in range(1, 6)] and call.inbound_frames == 5
