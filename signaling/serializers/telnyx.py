@@ -121,6 +121,7 @@ class TelnyxSerializer(CarrierSerializer):
         if self.codec is not Codec.L16 and self.rate != 8000:
             raise ProtocolViolation(f"{encoding} at {self.rate} Hz")
         self.stream_id = str(stream_id)
+        self._order = ChunkOrder(REORDER_WINDOW)  # audio before the start was never heard: its order does not count
         parameters = string_map(start.get("custom_parameters"), "custom_parameters")
         return Start(str(start.get("call_control_id", "")), self.stream_id, parameters, self.rate)
 

@@ -149,6 +149,15 @@ def test_telnyx_frames_are_put_back_in_chunk_order() -> None:
     assert heard == [frame(n) for n in range(1, 8)]
 
 
+def test_telnyx_audio_before_the_start_leaves_no_order_behind() -> None:
+    telnyx = TelnyxSerializer()
+    telnyx.decode(telnyx_media("AAAA", 7))
+    telnyx.decode(telnyx_media("AAAA", 9))  # held, waiting for 8
+    started(telnyx, TELNYX_START)
+    first = telnyx.decode(telnyx_media("AQID", 1))
+    assert first is not None and first.payload == "AQID" and telnyx.released() == []
+
+
 def test_chunk_order_gives_up_on_a_lost_frame_after_its_window() -> None:
     order = ChunkOrder(window=3)
     frames = {n: Media(str(n), 0.02, 8000) for n in range(1, 8)}
