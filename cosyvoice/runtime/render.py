@@ -166,7 +166,9 @@ class FlowRenderer:
                 mel = mel[:, :, (state.next_end - state.hop - session.prompt.flow_speech.numel()) * flow.token_mel_ratio :]
             state.mel.append(mel.float())
             if state.flow.tokens == state.next_end and not finals[i]:  # a hop is complete: its audio leaves
-                state.hop = self.schedule.next(state.hop, state.first)
+                # Hops grow while the LLM runs ahead of playback; a text-fed session's tokens come only as
+                # fast as its text, so each of its chunks leaves as soon as it is solved.
+                state.hop = self.schedule.chunk if session.feed is not None else self.schedule.next(state.hop, state.first)
                 state.first, state.next_end = False, state.next_end + state.hop
                 audible.append(i)
             elif finals[i]:

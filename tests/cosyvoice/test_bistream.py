@@ -147,7 +147,8 @@ def test_waits_for_text_and_ends_after_close(models):
 
 # -- through the engine ---------------------------------------------------------------------------------
 
-PIECES = ["Hello there,", " this is", " a reply", " that arrives", " word by word."]
+PIECES = ["Hello there,", " this is", " a reply", " that arrives", " word by word,", " as an agent's", " language",
+          " model writes it,", " and it goes on", " for a while."]
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ async def engine(model_dirs):
     await engine.close()
 
 
-async def speak(engine, delay: float) -> np.ndarray:
+async def speak(engine, delay: float) -> list[np.ndarray]:
     """PIECES through a TextStream, the later ones ``delay`` seconds apart while the audio plays."""
     text = TextStream()
     stream = engine.synthesize_text_stream(SynthesisRequest(text=PIECES[0], mode=Mode.SFT, seed=7), text)
@@ -174,14 +175,18 @@ async def speak(engine, delay: float) -> np.ndarray:
     task = asyncio.create_task(writer())
     chunks = [chunk async for chunk in stream]
     await task
-    return np.concatenate(chunks)
+    return chunks
 
 
 async def test_one_decoding_for_the_whole_reply_whatever_the_text_timing(engine):
     """Text goes in when the model asks for it, so when it arrives does not change the speech: the
     reply's tokens are those of one text-fed decoding of all its pieces (960 samples per token)."""
-    at_once, trickled = await speak(engine, 0.0), await speak(engine, 0.05)
+    chunks = await speak(engine, 0.0)
+    at_once, trickled = np.concatenate(chunks), np.concatenate(await speak(engine, 0.05))
     assert np.array_equal(at_once, trickled)
+    # tokens come only as fast as the text: each chunk leaves as soon as it is solved (one 25-token
+    # flow chunk, 24000 samples), not in the growing hops of a clause whose LLM runs ahead
+    assert len(chunks) > 4 and max(len(c) for c in chunks[:-1]) <= 25 * 960
     lm = engine.components.llm
     empty = torch.zeros(0, dtype=torch.long)
     decoding = TextFedDecoding(lm, empty, empty, seed=7)
@@ -212,7 +217,7 @@ async def test_text_streaming_is_refused_where_unsupported(engine, model_dirs):
 async def test_a_session_speaks_a_streamed_reply_as_one_decoding(engine):
     """A session with text_streaming on the real engine: the words said one by one become one
     decoding of all of them (its token count sets the audio's length), with no clause request."""
-    from signaling.session import Session, Transport
+    from signaling.session import Session, SessionLimits, Transport
     from support.waiting import until
 
     class EngineSpeech:
@@ -241,7 +246,8 @@ async def test_a_session_speaks_a_streamed_reply_as_one_decoding(engine):
         decoding.step()
 
     speech = EngineSpeech()
-    session = Session(speech, transport=Transport.WEBSOCKET, output_rate=24000, text_streaming=True)
+    limits = SessionLimits(max_lead_seconds=600)  # nobody plays the buffer out here: no backpressure
+    session = Session(speech, transport=Transport.WEBSOCKET, output_rate=24000, text_streaming=True, limits=limits)
     for piece in PIECES:
         utterance = session.say(piece)
         await asyncio.sleep(0.02)
