@@ -33,6 +33,7 @@ CHOICES = {
 
 
 @pytest.mark.skipif(os.environ.get("COSYVOICE_TEST_THREADS") is not None, reason="already a kernel-choice run")
+@pytest.mark.timeout(900)  # ~40-110 s alone; several times that on a loaded 2-core box (300 s was hit once)
 @pytest.mark.parametrize("name", sorted(CHOICES))
 def test_parity_holds_under_other_kernels(name):
     env = {**os.environ, **CHOICES[name]}
