@@ -35,6 +35,9 @@ from tests.agent_checks import assert_engine_free
 from tests.audio_checks import assert_speech_like, decode_b64_wav, window_levels_db
 from tests.test_telephony import REPLY, Events
 
+# REPLY is about 4-5 s of speech from the embedded voice, and Piper's durations vary per take (one read
+# 3.98 s), so the checks here take 3.5 s as the floor: a reply missing a clause still falls well below it.
+
 TELNYX_KEY = Ed25519PrivateKey.generate()
 SIGNALWIRE_KEY = "PSK_test_signing_key_0123456789"
 PLIVO_TOKEN = "plivo-auth-token-0123456789"
@@ -120,7 +123,7 @@ async def test_greeting_is_paced_marked_and_heard(carriers: ServerThread, carrie
         assert done[0] >= heard_until, "done is reported only after the caller heard the last audio"
         assert any(name.startswith("end-") for _, name in peer.marks_echoed), "marks (checkpoints) went out and came back"
         audio = sent_audio(peer)
-        assert_speech_like(audio, 8000, min_seconds=4, max_seconds=12)
+        assert_speech_like(audio, 8000, min_seconds=3.5, max_seconds=12)
         sizes = {len(payload) for payload in payloads(peer)}
         assert sizes == ({320} if carrier == "exotel" else {160}), "20 ms per message (Exotel: 16-bit, a multiple of 320 B)"
         first = peer.received[0][0]
@@ -221,7 +224,7 @@ async def test_bad_messages_cost_only_themselves(carriers: ServerThread, carrier
         await until(lambda: events.kinds().count("error") == 5, 5, "an error event for each bad message")
         await events.wait("utterance.done")
         assert carriers.app.state.sessions.get(session.id) is not None, "the call survives bad messages"
-        assert_speech_like(sent_audio(peer), 8000, min_seconds=4, max_seconds=14)
+        assert_speech_like(sent_audio(peer), 8000, min_seconds=3.5, max_seconds=14)
     finally:
         await peer.stop()
 
@@ -251,7 +254,7 @@ async def test_telnyx_l16_at_16_khz_is_served_wideband(carriers: ServerThread) -
         assert session.buffer.sample_rate == 16000
         await Events(carriers, session.id).wait("utterance.done")
         assert {len(payload) for payload in payloads(peer)} == {640}, "20 ms of 16-bit audio at 16 kHz"
-        assert_speech_like(peer.sent_audio(), 16000, min_seconds=4, max_seconds=12)
+        assert_speech_like(peer.sent_audio(), 16000, min_seconds=3.5, max_seconds=12)
     finally:
         await peer.stop()
 
@@ -260,7 +263,7 @@ async def test_telnyx_pcma_both_ways(carriers: ServerThread) -> None:
     peer, session = await call(carriers, "telnyx", codec=Codec.ALAW, parameters={"text": REPLY})
     try:
         await Events(carriers, session.id).wait("utterance.done")
-        assert_speech_like(peer.sent_audio(), 8000, min_seconds=4, max_seconds=12)
+        assert_speech_like(peer.sent_audio(), 8000, min_seconds=3.5, max_seconds=12)
     finally:
         await peer.stop()
 

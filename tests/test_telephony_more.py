@@ -99,7 +99,7 @@ async def test_the_greeting_is_speech_paced_at_real_time_and_marked(phone: Serve
         events = Events(phone, newest(phone, dialect).id)
         done = await events.wait("utterance.done")
         audio = peer.heard()
-        assert_speech_like(audio, peer.rate, min_seconds=4, max_seconds=14)
+        assert_speech_like(audio, peer.rate, min_seconds=3.5, max_seconds=14)
         assert {len(audio) for _, audio in peer.received} == {peer.frame}, "20 ms of audio per message"
         first = peer.received[0][0]
         for index, (at, _) in enumerate(peer.received):
@@ -198,7 +198,7 @@ async def test_malformed_messages_cost_only_themselves(phone: ServerThread, dial
             await peer.send_raw(message)
         await until(lambda: events.kinds().count("error") >= len(MALFORMED[dialect]), 5, "an error event for each")
         await events.wait("utterance.done")
-        assert_speech_like(peer.heard(), peer.rate, min_seconds=4, max_seconds=14)
+        assert_speech_like(peer.heard(), peer.rate, min_seconds=3.5, max_seconds=14)
     finally:
         await peer.close()
 
@@ -231,7 +231,7 @@ async def test_asterisk_ulaw_calls_are_heard_too(phone: ServerThread) -> None:
         events = Events(phone, newest(phone, "asterisk").id)
         await events.wait("utterance.done")
         assert newest(phone, "asterisk").buffer.sample_rate == 8000
-        assert_speech_like(peer.heard(), 8000, min_seconds=4, max_seconds=14)
+        assert_speech_like(peer.heard(), 8000, min_seconds=3.5, max_seconds=14)
     finally:
         await peer.close()
 
