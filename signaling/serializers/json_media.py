@@ -1,9 +1,10 @@
-"""What the JSON media-stream dialects share (Telnyx, Plivo, Exotel): base64 audio in one of a few codecs.
+"""What the JSON media-stream dialects share (Twilio, Telnyx, Plivo, Exotel): base64 audio in one of a few codecs.
 
-Twilio's offspring carry caller audio as base64 in JSON text messages and name
-the codec and rate in their start. This holds the codecs, the parsing of a
-message into a JSON object, and the sizing of base64 audio before it is
-decoded (a flood costs no decoding).
+Twilio and its offspring carry caller audio as base64 in JSON text messages
+and name the codec and rate in their start. This holds the codecs, the sizing
+of base64 audio before it is decoded (a flood costs no decoding), and
+:class:`JsonMediaSerializer`, the dialects' common reading of an event;
+each dialect's file spells its own field names.
 """
 
 from __future__ import annotations
@@ -12,13 +13,28 @@ import base64
 import binascii
 import enum
 import json
+from abc import abstractmethod
 from collections.abc import Mapping
 
 import numpy as np
 
 from media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from media.pcm import to_int16
-from signaling.serializers.base import Malformed, Media, ProtocolViolation, Undecodable
+from signaling.serializers.base import (
+    CarrierSerializer,
+    Dtmf,
+    Inbound,
+    Malformed,
+    Mark,
+    Media,
+    Message,
+    Problem,
+    ProtocolViolation,
+    Start,
+    Stop,
+    Undecodable,
+)
+from signaling.serializers.json_text import json_object
 
 
 class Codec(enum.Enum):
@@ -50,17 +66,6 @@ class Codec(enum.Enum):
         if self is Codec.ALAW:
             return alaw_encode(pcm)
         return pcm.astype(">i2" if self is Codec.L16 else "<i2", copy=False).tobytes()
-
-
-def json_object(message: str | bytes, dialect: str) -> dict:
-    """The message as a JSON object; raises :class:`Malformed` for anything else."""
-    try:
-        fields = json.loads(message) if isinstance(message, str) else None
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        fields = None
-    if not isinstance(fields, dict):
-        raise Malformed(f"a {dialect} message that is not a JSON object")
-    return fields
 
 
 def base64_media(encoded: object, codec: Codec, rate: int) -> Media:
@@ -105,3 +110,82 @@ def rate_of(value: object, allowed: tuple[int, ...], default: int) -> int:
     if rate not in allowed:
         raise ProtocolViolation(f"unsupported sample rate {value!r}")
     return rate
+
+
+def object_field(start: Mapping, key: str) -> dict:
+    """A start's nested object (``mediaFormat``, ...): absent or empty is ``{}``; anything else breaks the protocol."""
+    value = start.get(key) or {}
+    if not isinstance(value, dict):
+        raise ProtocolViolation(f"start with a {key} that is not an object: {value!r}")
+    return value
+
+
+def media_head(message: dict) -> str:
+    """The JSON of an outbound media message whose last field is an empty ``payload`` in a ``media`` object, cut
+    before the payload's closing quote: media messages are the stream's one hot path, so their fixed part is
+    encoded once and each is ``head + base64 + '"}}'`` (base64 needs no escaping), what json.dumps would make."""
+    return json.dumps(message)[:-3]
+
+
+class JsonMediaSerializer(CarrierSerializer):
+    """The dialects' shared reading: one JSON object a message, named by its ``event``.
+
+    ``media``, ``dtmf``, ``stop``, ``start`` (once) and the echo of a mark
+    (``mark_event``) mean the same in each; a dialect spells its start, its
+    media, its outbound mark and clear, and any events of its own.
+    """
+
+    echoes_marks = True
+    mark_event = "mark"  # the event that echoes one of our marks
+    nested = ("media", "mark", "dtmf")  # events whose fields sit in an object named as the event
+    quiet: frozenset[str] = frozenset({"connected"})  # events that mean nothing to a session
+
+    def __init__(self) -> None:
+        self.stream_id = ""  # learnt from start; a second start means nothing
+        self.codec = Codec.ULAW
+        self.rate = 8000
+        self._media_head = ""
+
+    def decode(self, message: Message) -> Inbound | None:
+        fields = json_object(message, f"{self.name} message")
+        event = fields.get("event")
+        if event in self.nested and not isinstance(fields.get(event), dict):
+            article = "an" if self.name[0] in "AEIOU" else "a"
+            raise Malformed(f"{article} {self.name} {event!r} message without a {event!r} object")
+        if event == "media":
+            return self._media(fields["media"])
+        if event == self.mark_event:
+            return self._mark(fields)
+        if event == "dtmf":
+            digit = fields["dtmf"].get("digit")
+            return Dtmf(None if digit is None else str(digit))
+        if event == "stop":
+            return Stop()
+        if event == "start":
+            return None if self.stream_id else self._start(fields)
+        if event in self.quiet:
+            return None
+        return self._other(event, fields)
+
+    def decode_audio(self, media: Media) -> np.ndarray:
+        return decode_base64(media, self.codec)
+
+    def encode_audio(self, samples: np.ndarray) -> str:
+        return self._media_head + encode_base64(samples, self.codec) + '"}}'
+
+    @abstractmethod
+    def _start(self, fields: dict) -> Start:
+        """Learn the stream, codec and rate from a ``start`` message; raises :class:`ProtocolViolation`."""
+
+    def _media(self, media: dict) -> Media | None:
+        """Caller audio from a ``media`` object; None for another track's."""
+        if media.get("track", "inbound") != "inbound":
+            return None
+        return base64_media(media.get("payload", ""), self.codec, self.rate)
+
+    def _mark(self, fields: dict) -> Mark:
+        return Mark(str(fields["mark"].get("name")))
+
+    def _other(self, event: object, fields: dict) -> Inbound | None:
+        """An event of the dialect's own; by default an unknown one, reported and ignored."""
+        return Problem(f"unknown {self.name} event {event!r} ignored")

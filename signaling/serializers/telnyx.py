@@ -21,27 +21,13 @@ from __future__ import annotations
 import json
 from collections import deque
 
-import numpy as np
-
-from signaling.serializers.base import (
-    CarrierSerializer,
-    Dtmf,
-    Inbound,
-    Malformed,
-    Mark,
-    Media,
-    Message,
-    Problem,
-    ProtocolViolation,
-    Start,
-    Stop,
-)
+from signaling.serializers.base import Inbound, Media, Problem, ProtocolViolation, Start
 from signaling.serializers.json_media import (
     Codec,
+    JsonMediaSerializer,
     base64_media,
-    decode_base64,
-    encode_base64,
-    json_object,
+    media_head,
+    object_field,
     rate_of,
     string_map,
 )
@@ -52,52 +38,19 @@ RATES = (8000, 16000)
 # of a jittery path, and bound what a lost frame delays the speech detector by.
 REORDER_WINDOW = 3
 CLEAR = json.dumps({"event": "clear"})
-# The hot path: the fixed part of every media message JSON-encoded once (base64 needs no escaping).
-MEDIA_HEAD = json.dumps({"event": "media", "media": {"payload": ""}})[:-3]
+MEDIA_HEAD = media_head({"event": "media", "media": {"payload": ""}})
 
 
-class TelnyxSerializer(CarrierSerializer):
+class TelnyxSerializer(JsonMediaSerializer):
     name = "Telnyx"
-    echoes_marks = True
 
     def __init__(self) -> None:
-        self.stream_id = ""
-        self.codec = Codec.ULAW
-        self.rate = 8000
+        super().__init__()
+        self._media_head = MEDIA_HEAD
         self._order = ChunkOrder(REORDER_WINDOW)
-
-    def decode(self, message: Message) -> Inbound | None:
-        fields = json_object(message, self.name)
-        event = fields.get("event")
-        if event in ("media", "mark", "dtmf") and not isinstance(fields.get(event), dict):
-            raise Malformed(f"a Telnyx {event!r} message without a {event!r} object")
-        if event == "media":
-            return self._media(fields["media"])
-        if event == "mark":
-            return Mark(str(fields["mark"].get("name")))
-        if event == "dtmf":
-            digit = fields["dtmf"].get("digit")
-            return Dtmf(None if digit is None else str(digit))
-        if event == "stop":
-            return Stop()
-        if event == "start":
-            return None if self.stream_id else self._start(fields)
-        if event == "error":
-            payload = fields.get("payload") if isinstance(fields.get("payload"), dict) else {}
-            what = payload.get("title") or payload.get("detail")
-            return Problem(f"Telnyx reported error {payload.get('code')}: {what}")
-        if event == "connected":
-            return None
-        return Problem(f"unknown Telnyx event {event!r} ignored")
 
     def released(self) -> list[Inbound]:
         return self._order.ready()
-
-    def decode_audio(self, media: Media) -> np.ndarray:
-        return decode_base64(media, self.codec)
-
-    def encode_audio(self, samples: np.ndarray) -> str:
-        return MEDIA_HEAD + encode_base64(samples, self.codec) + '"}}'
 
     def encode_mark(self, name: str) -> str:
         return json.dumps({"event": "mark", "mark": {"name": name}})
@@ -110,9 +63,7 @@ class TelnyxSerializer(CarrierSerializer):
         stream_id = fields.get("stream_id") or (start.get("stream_id") if isinstance(start, dict) else None)
         if not isinstance(start, dict) or not stream_id:
             raise ProtocolViolation("start without stream_id")
-        media_format = start.get("media_format") or {}
-        if not isinstance(media_format, dict):
-            raise ProtocolViolation(f"start with a media_format that is not an object: {media_format!r}")
+        media_format = object_field(start, "media_format")
         encoding = str(media_format.get("encoding", "PCMU")).upper()
         if encoding not in CODECS:
             raise ProtocolViolation(f"unsupported Telnyx encoding {encoding!r} (PCMU, PCMA and L16 are carried)")
@@ -130,6 +81,13 @@ class TelnyxSerializer(CarrierSerializer):
             return None
         frame = base64_media(media.get("payload", ""), self.codec, self.rate)
         return self._order.put(media.get("chunk"), frame)
+
+    def _other(self, event: object, fields: dict) -> Inbound | None:
+        if event != "error":
+            return super()._other(event, fields)
+        payload = fields.get("payload") if isinstance(fields.get("payload"), dict) else {}
+        what = payload.get("title") or payload.get("detail")
+        return Problem(f"Telnyx reported error {payload.get('code')}: {what}")
 
 
 class ChunkOrder:
