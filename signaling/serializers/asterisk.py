@@ -37,7 +37,7 @@ from signaling.serializers.base import (
     Start,
     Stop,
 )
-from signaling.serializers.linear import json_object, pcm_media, scalar_fields
+from signaling.serializers.linear import pcm_media, scalar_fields, text_object
 
 
 class Encoding(Enum):
@@ -101,7 +101,7 @@ class AsteriskSerializer(CarrierSerializer):
         is_json = message.lstrip().startswith("{")
         if not is_json and not message.strip():
             raise Malformed("an empty Asterisk control message")
-        fields = json_object(message, self.name) if is_json else parse_plain(message)
+        fields = text_object(message, self.name) if is_json else parse_plain(message)
         event = fields.get("event")
         if event == "MEDIA_START":
             return None if self.format else self._start(fields, is_json)  # a second one means nothing

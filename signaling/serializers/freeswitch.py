@@ -19,7 +19,7 @@ import numpy as np
 
 from media.pcm import from_s16le, to_s16le
 from signaling.serializers.base import CarrierSerializer, Inbound, Malformed, Media, Message, Problem, Start
-from signaling.serializers.linear import json_object, pcm_media, sample_rate_of, scalar_fields
+from signaling.serializers.linear import pcm_media, sample_rate_of, scalar_fields, text_object
 
 RATES = (8000, 16000)
 
@@ -53,7 +53,7 @@ class FreeSwitchSerializer(CarrierSerializer):
         parameters = {}
         if isinstance(message, str):
             try:
-                fields = json_object(message, self.name)
+                fields = text_object(message, self.name)
             except Malformed:  # metadata is free text to the module: not ours, but still the call's start
                 fields = {}
             if "sampleRate" in fields:

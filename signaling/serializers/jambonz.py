@@ -14,21 +14,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
-from media.pcm import from_s16le, to_s16le
-from signaling.serializers.base import (
-    CarrierSerializer,
-    Dtmf,
-    Inbound,
-    Mark,
-    Media,
-    Message,
-    Problem,
-    ProtocolViolation,
-    Start,
-)
-from signaling.serializers.linear import json_object, pcm_media, sample_rate_of, scalar_fields
+from signaling.serializers.base import Dtmf, Inbound, Mark, Problem, ProtocolViolation, Start
+from signaling.serializers.linear import LinearSerializer, sample_rate_of, scalar_fields
 
 SUBPROTOCOL = "audio.jambonz.org"
 RATES = (8000, 16000, 24000, 48000)  # the listen verb's rates that our sessions run at
@@ -36,19 +23,11 @@ PHONE_RATE = 8000  # what our listen verb asks for: the listen verb's default, t
 KILL_AUDIO = json.dumps({"type": "killAudio"})
 
 
-class JambonzSerializer(CarrierSerializer):
+class JambonzSerializer(LinearSerializer):
     name = "jambonz"
-    echoes_marks = True
+    early_audio = "audio before the call's metadata"
 
-    def __init__(self) -> None:
-        self.sample_rate: int | None = None
-
-    def decode(self, message: Message) -> Inbound | None:
-        if isinstance(message, bytes):
-            if self.sample_rate is None:
-                raise ProtocolViolation("audio before the call's metadata")
-            return pcm_media(message, self.sample_rate)
-        fields = json_object(message, self.name)
+    def _control(self, fields: dict) -> Inbound | None:
         if self.sample_rate is None:
             return self._start(fields)
         if fields.get("event") == "dtmf":
@@ -60,12 +39,6 @@ class JambonzSerializer(CarrierSerializer):
                 return Problem("a jambonz mark without a data object ignored")
             return Mark(str(data.get("name"))) if data.get("event") == "playout" else None
         return Problem(f"unknown jambonz message {fields.get('type') or fields.get('event')!r} ignored")
-
-    def decode_audio(self, media: Media) -> np.ndarray:
-        return from_s16le(media.payload)
-
-    def encode_audio(self, samples: np.ndarray) -> bytes:
-        return to_s16le(samples)
 
     def encode_mark(self, name: str) -> str:
         return json.dumps({"type": "mark", "data": {"name": name}})

@@ -3,25 +3,33 @@
 Vonage, jambonz, FreeSWITCH's mod_audio_stream and Asterisk's chan_websocket
 all send caller audio as binary WebSocket messages of signed 16-bit
 little-endian mono PCM (or G.711 for Asterisk) and speak in text messages.
+:class:`LinearSerializer` is the shape of those that learn the rate from the
+call's first text message (Vonage, jambonz).
 """
 
 from __future__ import annotations
 
-import json
+from abc import abstractmethod
 from collections.abc import Mapping
 
-from signaling.serializers.base import Malformed, Media, Message, ProtocolViolation, Undecodable
+import numpy as np
+
+from media.pcm import from_s16le, to_s16le
+from signaling.serializers.base import (
+    CarrierSerializer,
+    Inbound,
+    Malformed,
+    Media,
+    Message,
+    ProtocolViolation,
+    Undecodable,
+)
+from signaling.serializers.json_text import json_object
 
 
-def json_object(message: Message, dialect: str) -> dict:
+def text_object(message: Message, dialect: str) -> dict:
     """A text message's JSON object; :class:`Malformed` for anything else."""
-    try:
-        fields = json.loads(message) if isinstance(message, str) else None
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        fields = None
-    if not isinstance(fields, dict):
-        raise Malformed(f"a {dialect} text message that is not a JSON object")
-    return fields
+    return json_object(message, f"{dialect} text message")
 
 
 def pcm_media(data: Message, sample_rate: int, bytes_per_sample: int = 2) -> Media:
@@ -51,3 +59,30 @@ def sample_rate_of(value: object, allowed: tuple[int, ...], dialect: str) -> int
     if rate not in allowed:
         raise ProtocolViolation(f"{dialect} audio at {value!r} Hz is not supported (use one of {allowed})")
     return rate
+
+
+class LinearSerializer(CarrierSerializer):
+    """Binary s16le audio both ways, at the rate the call's start names; text messages are JSON control."""
+
+    echoes_marks = True
+    early_audio: str  # what audio before the start is called, as the protocol violation says it
+
+    def __init__(self) -> None:
+        self.sample_rate: int | None = None  # learnt from the start
+
+    def decode(self, message: Message) -> Inbound | None:
+        if isinstance(message, bytes):
+            if self.sample_rate is None:
+                raise ProtocolViolation(self.early_audio)
+            return pcm_media(message, self.sample_rate)
+        return self._control(text_object(message, self.name))
+
+    def decode_audio(self, media: Media) -> np.ndarray:
+        return from_s16le(media.payload)
+
+    def encode_audio(self, samples: np.ndarray) -> bytes:
+        return to_s16le(samples)
+
+    @abstractmethod
+    def _control(self, fields: dict) -> Inbound | None:
+        """One text message's value; until the start, the start."""

@@ -17,21 +17,8 @@ import json
 import re
 import uuid
 
-import numpy as np
-
-from media.pcm import from_s16le, to_s16le
-from signaling.serializers.base import (
-    CarrierSerializer,
-    Dtmf,
-    Inbound,
-    Mark,
-    Media,
-    Message,
-    Problem,
-    ProtocolViolation,
-    Start,
-)
-from signaling.serializers.linear import json_object, pcm_media, sample_rate_of, scalar_fields
+from signaling.serializers.base import Dtmf, Inbound, Mark, Problem, ProtocolViolation, Start
+from signaling.serializers.linear import LinearSerializer, sample_rate_of, scalar_fields
 
 RATES = (8000, 16000)
 WIDEBAND = 16000  # what our NCCO asks for: Vonage carries 16 kHz where the call's leg can
@@ -45,19 +32,11 @@ def content_type(sample_rate: int) -> str:
     return f"audio/l16;rate={sample_rate}"
 
 
-class VonageSerializer(CarrierSerializer):
+class VonageSerializer(LinearSerializer):
     name = "Vonage"
-    echoes_marks = True
+    early_audio = "audio before websocket:connected"
 
-    def __init__(self) -> None:
-        self.sample_rate: int | None = None  # learnt from websocket:connected
-
-    def decode(self, message: Message) -> Inbound | None:
-        if isinstance(message, bytes):
-            if self.sample_rate is None:
-                raise ProtocolViolation("audio before websocket:connected")
-            return pcm_media(message, self.sample_rate)
-        fields = json_object(message, self.name)
+    def _control(self, fields: dict) -> Inbound | None:
         event = fields.get("event")
         if event == "websocket:connected":
             return None if self.sample_rate else self._start(fields)  # a second one means nothing
@@ -72,12 +51,6 @@ class VonageSerializer(CarrierSerializer):
         if event == "websocket:error":
             return Problem(f"Vonage reported an error: {fields.get('message') or fields.get('reason') or fields}")
         return Problem(f"unknown Vonage event {event!r} ignored")
-
-    def decode_audio(self, media: Media) -> np.ndarray:
-        return from_s16le(media.payload)
-
-    def encode_audio(self, samples: np.ndarray) -> bytes:
-        return to_s16le(samples)
 
     def encode_mark(self, name: str) -> str:
         return json.dumps({"action": "notify", "payload": {MARK_FIELD: name}})
