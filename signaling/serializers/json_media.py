@@ -138,6 +138,7 @@ class JsonMediaSerializer(CarrierSerializer):
     echoes_marks = True
     mark_event = "mark"  # the event that echoes one of our marks
     nested = ("media", "mark", "dtmf")  # events whose fields sit in an object named as the event
+    tracks = ("inbound",)  # the caller's ``media.track`` (absent: the caller's)
     quiet: frozenset[str] = frozenset({"connected"})  # events that mean nothing to a session
 
     def __init__(self) -> None:
@@ -179,7 +180,7 @@ class JsonMediaSerializer(CarrierSerializer):
 
     def _media(self, media: dict) -> Media | None:
         """Caller audio from a ``media`` object; None for another track's."""
-        if media.get("track", "inbound") != "inbound":
+        if media.get("track", "inbound") not in self.tracks:
             return None
         return base64_media(media.get("payload", ""), self.codec, self.rate)
 

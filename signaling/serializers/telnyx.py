@@ -22,15 +22,7 @@ import json
 from collections import deque
 
 from signaling.serializers.base import Inbound, Media, Problem, ProtocolViolation, Start
-from signaling.serializers.json_media import (
-    Codec,
-    JsonMediaSerializer,
-    base64_media,
-    media_head,
-    object_field,
-    rate_of,
-    string_map,
-)
+from signaling.serializers.json_media import Codec, JsonMediaSerializer, media_head, object_field, rate_of, string_map
 
 CODECS = {"PCMU": Codec.ULAW, "PCMA": Codec.ALAW, "L16": Codec.L16}
 RATES = (8000, 16000)
@@ -43,6 +35,7 @@ MEDIA_HEAD = media_head({"event": "media", "media": {"payload": ""}})
 
 class TelnyxSerializer(JsonMediaSerializer):
     name = "Telnyx"
+    tracks = ("inbound", "inbound_track")
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,10 +70,8 @@ class TelnyxSerializer(JsonMediaSerializer):
         return Start(str(start.get("call_control_id", "")), self.stream_id, parameters, self.rate)
 
     def _media(self, media: dict) -> Media | None:
-        if media.get("track", "inbound") not in ("inbound", "inbound_track"):
-            return None
-        frame = base64_media(media.get("payload", ""), self.codec, self.rate)
-        return self._order.put(media.get("chunk"), frame)
+        frame = super()._media(media)
+        return None if frame is None else self._order.put(media.get("chunk"), frame)
 
     def _other(self, event: object, fields: dict) -> Inbound | None:
         if event != "error":
