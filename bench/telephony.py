@@ -58,23 +58,11 @@ LEAD = 0.1  # the gateway's default session.lead_ms
 QUIET = 0.5  # AudioSocket calls have ended when no frame came for this long
 
 
-@dataclass(frozen=True)
-class TwilioBotSpec:
-    ws_url: str
-    text: str = PARAGRAPH
-    echo_db: float | None = None
+class CallBot:
+    """A simulated call whose start (or greeting) carries the paragraph: connecting is speaking."""
 
-    def make(self) -> TwilioBot:
-        return TwilioBot(self)
-
-
-class TwilioBot:
-    """A Twilio call whose stream's ``text`` parameter is the paragraph: connecting is speaking."""
-
-    def __init__(self, spec: TwilioBotSpec) -> None:
-        from support.telephony_peers import TwilioPeer
-
-        self.peer = TwilioPeer(spec.ws_url, parameters={"text": spec.text}, echo_db=spec.echo_db)
+    def __init__(self, peer: Any) -> None:
+        self.peer = peer
         self.sent: float | None = None
         self.error = ""
 
@@ -85,8 +73,11 @@ class TwilioBot:
         self.sent = time.monotonic()
         await self.peer.connect()
 
+
+class EndMarkBot(CallBot):
+    """A JSON media-stream call, done when the far end reports the utterance's end mark (checkpoint) played."""
+
     async def finish(self, timeout: float) -> None:
-        """Done when Twilio echoes the utterance's end mark (it has played everything before it)."""
         deadline = time.monotonic() + timeout
         while not any(name.startswith("end-") for _, name in self.peer.marks_echoed):
             if time.monotonic() > deadline:
@@ -94,15 +85,34 @@ class TwilioBot:
                 return
             await asyncio.sleep(0.05)
 
+    async def close(self) -> None:
+        await self.peer.stop()
+
+
+@dataclass(frozen=True)
+class TwilioBotSpec:
+    ws_url: str
+    text: str = PARAGRAPH
+    echo_db: float | None = None
+
+    def make(self) -> TwilioBot:
+        return TwilioBot(self)
+
+
+class TwilioBot(EndMarkBot):
+    """A Twilio call whose stream's ``text`` parameter is the paragraph."""
+
+    def __init__(self, spec: TwilioBotSpec) -> None:
+        from support.telephony_peers import TwilioPeer
+
+        super().__init__(TwilioPeer(spec.ws_url, parameters={"text": spec.text}, echo_db=spec.echo_db))
+
     def result(self) -> dict[str, Any]:
         from media.g711 import ulaw_decode
 
         arrivals = [at for at, _ in self.peer.received]
         chunks = [ulaw_decode(payload) / 32768.0 for _, payload in self.peer.received]
         return heard(arrivals, chunks, self.sent, self.error)
-
-    async def close(self) -> None:
-        await self.peer.stop()
 
 
 @dataclass(frozen=True)
@@ -114,22 +124,13 @@ class AudioSocketBotSpec:
         return AudioSocketBot(self)
 
 
-class AudioSocketBot:
-    """An Asterisk call; the gateway greets every call with the paragraph, so connecting is speaking."""
+class AudioSocketBot(CallBot):
+    """An Asterisk call; the gateway greets every call with the paragraph."""
 
     def __init__(self, spec: AudioSocketBotSpec) -> None:
         from support.telephony_peers import AsteriskPeer
 
-        self.peer = AsteriskPeer(spec.host, spec.port)
-        self.sent: float | None = None
-        self.error = ""
-
-    async def prepare(self) -> None:
-        pass
-
-    async def speak(self) -> None:
-        self.sent = time.monotonic()
-        await self.peer.connect()
+        super().__init__(AsteriskPeer(spec.host, spec.port))
 
     async def finish(self, timeout: float) -> None:
         """Done when audio came and then stopped for ``QUIET`` seconds (the gateway sends frames only while it plays)."""
@@ -160,8 +161,8 @@ class CarrierBotSpec:
         return CarrierBot(self)
 
 
-class CarrierBot:
-    """A binary-PCM carrier's call whose start carries the paragraph as ``text``: connecting is speaking."""
+class CarrierBot(CallBot):
+    """A binary-PCM carrier's call whose start carries the paragraph as ``text``."""
 
     def __init__(self, spec: CarrierBotSpec) -> None:
         from support import carrier_peers
@@ -170,16 +171,7 @@ class CarrierBot:
                  "freeswitch": carrier_peers.FreeSwitchPeer, "asterisk": carrier_peers.ChanWebSocketPeer}  # fmt: skip
         self.marked = spec.dialect != "freeswitch"  # mod_audio_stream has no marks
         narrowband = {"rate": 8000} if spec.dialect in ("jambonz", "freeswitch") else {}  # as our markup asks
-        self.peer = peers[spec.dialect](spec.ws_url, parameters={"text": spec.text}, **narrowband)
-        self.sent: float | None = None
-        self.error = ""
-
-    async def prepare(self) -> None:
-        pass
-
-    async def speak(self) -> None:
-        self.sent = time.monotonic()
-        await self.peer.connect()
+        super().__init__(peers[spec.dialect](spec.ws_url, parameters={"text": spec.text}, **narrowband))
 
     async def finish(self, timeout: float) -> None:
         """Done when the end mark is echoed or, without marks, when audio came and then stopped for ``QUIET`` seconds."""
@@ -215,7 +207,7 @@ class JsonStreamBotSpec:
         return JsonStreamBot(self)
 
 
-class JsonStreamBot:
+class JsonStreamBot(EndMarkBot):
     """A JSON media-stream call whose start says the paragraph: μ-law 8 kHz as our markup asks (Exotel: 16-bit PCM)."""
 
     def __init__(self, spec: JsonStreamBotSpec) -> None:
@@ -223,32 +215,11 @@ class JsonStreamBot:
 
         peers = {"telnyx": json_stream_peers.TelnyxPeer, "plivo": json_stream_peers.PlivoPeer,
                  "exotel": json_stream_peers.ExotelPeer}  # fmt: skip
-        self.peer = peers[spec.dialect](spec.ws_url, parameters={"text": spec.text})
-        self.sent: float | None = None
-        self.error = ""
-
-    async def prepare(self) -> None:
-        pass
-
-    async def speak(self) -> None:
-        self.sent = time.monotonic()
-        await self.peer.connect()
-
-    async def finish(self, timeout: float) -> None:
-        """Done when the far end reports the utterance's end mark (checkpoint) played."""
-        deadline = time.monotonic() + timeout
-        while not any(name.startswith("end-") for _, name in self.peer.marks_echoed):
-            if time.monotonic() > deadline:
-                self.error = "no end mark echoed"
-                return
-            await asyncio.sleep(0.05)
+        super().__init__(peers[spec.dialect](spec.ws_url, parameters={"text": spec.text}))
 
     def result(self) -> dict[str, Any]:
         chunks = [self.peer.codec.decode(payload) for _, payload in self.peer.received]
         return heard([at for at, _ in self.peer.received], chunks, self.sent, self.error)
-
-    async def close(self) -> None:
-        await self.peer.stop()
 
 
 JSON_DIALECTS = ("telnyx", "plivo", "exotel", "signalwire")  # signalwire: Twilio's simulator on SignalWire's route
