@@ -23,6 +23,7 @@ import websockets
 
 from media.g711 import ulaw_decode, ulaw_encode
 from media.pcm import from_s16le, to_int16, to_s16le
+from support.far_end_playout import FarEndPlayout
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ class CarrierPeer:
         self.speech_sent_at: float | None = None
         self.closed = asyncio.Event()
         self.socket = None
-        self._queue: deque[np.ndarray | str] = deque()  # audio still to play, and marks between it
-        self._pending = np.zeros(0, np.float32)
+        self.playout = FarEndPlayout(self.frame)
         self._tasks: list[asyncio.Task] = []
 
     # The dialect.
@@ -110,14 +110,12 @@ class CarrierPeer:
                     continue
                 if played.audio is not None:
                     self.received.append((time.monotonic(), played.audio))
-                    self._queue.append(played.audio)
+                    self.playout.add(played.audio)
                 elif played.mark is not None:
-                    self._queue.append(played.mark)
+                    self.playout.add(played.mark)
                 elif played.clear:
                     self.clears.append(time.monotonic())
-                    await self._cleared([item for item in self._queue if isinstance(item, str)])
-                    self._queue.clear()
-                    self._pending = np.zeros(0, np.float32)
+                    await self._cleared(self.playout.clear())
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -137,7 +135,7 @@ class CarrierPeer:
         for index in itertools.count():
             await asyncio.sleep(max(0.0, start + index * 0.02 - time.monotonic()))
             now = time.monotonic()
-            self.played.append((now, await self._play_one()))
+            self.played.append((now, await self.playout.play(self._echo)))
             inbound = np.zeros(self.frame, np.float32)
             if self.caller_audio:
                 if self.speech_sent_at is None:
@@ -147,20 +145,6 @@ class CarrierPeer:
                 await self.socket.send(self.encode(inbound))
             except websockets.ConnectionClosed:
                 return
-
-    async def _play_one(self) -> np.ndarray:
-        data = self._pending
-        while len(data) < self.frame and self._queue:
-            item = self._queue[0]
-            if isinstance(item, str):
-                if len(data):
-                    break  # play up to the mark first
-                self._queue.popleft()
-                await self._echo(item)
-                continue
-            data = np.concatenate([data, self._queue.popleft()])
-        played, self._pending = data[: self.frame], data[self.frame :]
-        return np.concatenate([played, np.zeros(self.frame - len(played), np.float32)])
 
 
 class VonagePeer(CarrierPeer):

@@ -24,6 +24,7 @@ import numpy as np
 import websockets
 
 from signaling.serializers.json_media import Codec
+from support.far_end_playout import FarEndPlayout
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ class JsonStreamPeer:
         self.speech_sent_at: float | None = None
         self.socket = None
         self.sequence = itertools.count(1)
-        self._queue: deque[np.ndarray | str] = deque()
-        self._pending = np.zeros(0, np.float32)
+        self.playout = FarEndPlayout(self.frame)
         self._tasks: list[asyncio.Task] = []
 
     # The dialect.
@@ -77,7 +77,15 @@ class JsonStreamPeer:
         raise NotImplementedError
 
     def read(self, message: dict) -> Outbound | None:
-        raise NotImplementedError
+        """A gateway message as Twilio spells it (Telnyx and Exotel do too): ``media``, ``mark``, ``clear``."""
+        match message.get("event"):
+            case "media":
+                return Outbound(audio=base64.b64decode(message["media"]["payload"]))
+            case "mark":
+                return Outbound(mark=message["mark"]["name"])
+            case "clear":
+                return Outbound(clear=True)
+        return None
 
     def echo(self, name: str) -> dict:
         raise NotImplementedError
@@ -139,14 +147,12 @@ class JsonStreamPeer:
                 continue
             if outbound.audio is not None:
                 self.received.append((time.monotonic(), outbound.audio))
-                self._queue.append(self.codec.decode(outbound.audio))
+                self.playout.add(self.codec.decode(outbound.audio))
             elif outbound.mark is not None:
-                self._queue.append(outbound.mark)
+                self.playout.add(outbound.mark)
             elif outbound.clear:
                 self.clears.append(time.monotonic())
-                names = [item for item in self._queue if isinstance(item, str)]
-                self._queue.clear()
-                self._pending = np.zeros(0, np.float32)
+                names = self.playout.clear()
                 if (message := self.cleared()) is not None:
                     await self.send(message)
                 for name in names if self.marks_on_clear else ():
@@ -164,7 +170,7 @@ class JsonStreamPeer:
         for index in itertools.count():
             await asyncio.sleep(max(0.0, start + index * 0.02 - time.monotonic()))
             now = time.monotonic()
-            self.played.append((now, await self._play_one()))
+            self.played.append((now, await self.playout.play(self._echo)))
             frame = np.zeros(self.frame, np.float32)
             if self.caller_audio:
                 if self.speech_sent_at is None:
@@ -176,20 +182,6 @@ class JsonStreamPeer:
                 outgoing = []
                 for message in self.deliver([self.media_message(payload, next(chunks))]):
                     await self.send(message)
-
-    async def _play_one(self) -> np.ndarray:
-        audio = self._pending
-        while len(audio) < self.frame and self._queue:
-            item = self._queue[0]
-            if isinstance(item, str):
-                if len(audio):
-                    break  # play up to the mark first
-                self._queue.popleft()
-                await self._echo(item)
-                continue
-            audio = np.concatenate([audio, self._queue.popleft()])
-        played, self._pending = audio[: self.frame], audio[self.frame :]
-        return np.concatenate([played, np.zeros(self.frame - len(played), np.float32)])
 
 
 TELNYX_ENCODINGS = {Codec.ULAW: "PCMU", Codec.ALAW: "PCMA", Codec.L16: "L16"}
@@ -231,16 +223,6 @@ class TelnyxPeer(JsonStreamPeer):
     def stop_message(self) -> dict:
         stop = {"user_id": str(uuid.uuid4()), "call_control_id": "v3:" + self.call_id}
         return {"event": "stop", "sequence_number": self._next(), "stop": stop, "stream_id": self.stream_id}
-
-    def read(self, message: dict) -> Outbound | None:
-        match message.get("event"):
-            case "media":
-                return Outbound(audio=base64.b64decode(message["media"]["payload"]))
-            case "mark":
-                return Outbound(mark=message["mark"]["name"])
-            case "clear":
-                return Outbound(clear=True)
-        return None
 
     def echo(self, name: str) -> dict:
         return {"event": "mark", "sequence_number": self._next(), "stream_id": self.stream_id,
@@ -325,16 +307,6 @@ class ExotelPeer(JsonStreamPeer):
     def stop_message(self) -> dict:
         stop = {"call_sid": self.call_id, "account_sid": "exotel-test", "reason": "callended"}
         return {"event": "stop", "sequence_number": self._next(), "stream_sid": self.stream_id, "stop": stop}
-
-    def read(self, message: dict) -> Outbound | None:
-        match message.get("event"):
-            case "media":
-                return Outbound(audio=base64.b64decode(message["media"]["payload"]))
-            case "mark":
-                return Outbound(mark=message["mark"]["name"])
-            case "clear":
-                return Outbound(clear=True)
-        return None
 
     def echo(self, name: str) -> dict:
         return {"event": "mark", "sequence_number": self._next(), "stream_sid": self.stream_id,
