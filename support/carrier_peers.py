@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import time
 import uuid
@@ -23,7 +22,7 @@ import websockets
 
 from media.g711 import ulaw_decode, ulaw_encode
 from media.pcm import from_s16le, to_int16, to_s16le
-from support.far_end_playout import FarEndPlayout
+from support.far_end_playout import FarEndPlayout, ticks
 
 
 @dataclass(frozen=True)
@@ -131,10 +130,7 @@ class CarrierPeer:
             await self.socket.send(message)
 
     async def _tick(self) -> None:
-        start = time.monotonic()
-        for index in itertools.count():
-            await asyncio.sleep(max(0.0, start + index * 0.02 - time.monotonic()))
-            now = time.monotonic()
+        async for _, now in ticks():
             self.played.append((now, await self.playout.play(self._echo)))
             inbound = np.zeros(self.frame, np.float32)
             if self.caller_audio:

@@ -1,4 +1,4 @@
-"""The far end's playout, as the carrier simulators keep it: the audio it was sent and the marks between it.
+"""The far end's playout, as the carrier simulators keep it: its 20 ms clock, the audio it was sent and the marks between it.
 
 A carrier plays what it holds 20 ms a tick, reports a mark once everything sent
 before it has played, and drops all it holds on a clear.
@@ -6,10 +6,23 @@ before it has played, and drops all it holds on a clear.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
+
+TICK = 0.02  # seconds: every simulated carrier plays and sends 20 ms frames
+
+
+async def ticks() -> AsyncIterator[tuple[int, float]]:
+    """``(index, now)`` every 20 ms against a steady schedule from the first, so lateness does not accumulate."""
+    start = time.monotonic()
+    for index in itertools.count():
+        await asyncio.sleep(max(0.0, start + index * TICK - time.monotonic()))
+        yield index, time.monotonic()
 
 
 class FarEndPlayout:

@@ -24,7 +24,7 @@ import numpy as np
 import websockets
 
 from signaling.serializers.json_media import Codec
-from support.far_end_playout import FarEndPlayout
+from support.far_end_playout import FarEndPlayout, ticks
 
 
 @dataclass(frozen=True)
@@ -164,12 +164,9 @@ class JsonStreamPeer:
 
     async def _tick(self) -> None:
         """Every 20 ms: play 20 ms of what was sent; every ``chunk_frames`` ticks, send that much caller audio."""
-        start = time.monotonic()
         outgoing: list[np.ndarray] = []
         chunks = itertools.count(1)
-        for index in itertools.count():
-            await asyncio.sleep(max(0.0, start + index * 0.02 - time.monotonic()))
-            now = time.monotonic()
+        async for _, now in ticks():
             self.played.append((now, await self.playout.play(self._echo)))
             frame = np.zeros(self.frame, np.float32)
             if self.caller_audio:

@@ -23,6 +23,7 @@ import websockets
 from media.g711 import ulaw_decode, ulaw_encode
 from media.pcm import to_int16
 from signaling.twilio_signature import twilio_signature
+from support.far_end_playout import ticks
 
 FRAME = 160  # 20 ms of 8 kHz
 
@@ -131,10 +132,7 @@ class TwilioPeer:
 
     async def _tick(self) -> None:
         """Every 20 ms: play 20 ms of what was sent (echoing marks reached) and send 20 ms of caller audio."""
-        start = time.monotonic()
-        for index in itertools.count():
-            await asyncio.sleep(max(0.0, start + index * 0.02 - time.monotonic()))
-            now = time.monotonic()
+        async for index, now in ticks():
             frame = await self._play_one()
             self.played.append((now, frame))
             inbound = np.zeros(FRAME, np.float32)
@@ -209,10 +207,8 @@ class AsteriskPeer:
         return np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
 
     async def _silence(self) -> None:
-        start = time.monotonic()
         frame = bytes(self.rate // 50 * 2)
-        for index in itertools.count():
-            await asyncio.sleep(max(0.0, start + index * 0.02 - time.monotonic()))
+        async for _ in ticks():
             self.send(self.kind, frame)
 
     async def _read(self) -> None:
