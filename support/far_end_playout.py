@@ -1,4 +1,4 @@
-"""The far end's playout, as the carrier simulators keep it: its 20 ms clock, the audio it was sent and the marks between it.
+"""The far end's playout, as the carrier simulators keep it: a 20 ms clock, the audio sent and the marks between.
 
 A carrier plays what it holds 20 ms a tick, reports a mark once everything sent
 before it has played, and drops all it holds on a clear.

@@ -17,15 +17,8 @@ from __future__ import annotations
 import json
 
 from signaling.serializers.base import Media, ProtocolViolation, Start
-from signaling.serializers.json_media import (
-    Codec,
-    JsonMediaSerializer,
-    base64_media,
-    media_head,
-    object_field,
-    rate_of,
-    string_map,
-)
+from signaling.serializers.json_dialect import JsonMediaSerializer, media_head
+from signaling.serializers.json_media import Codec, base64_media, object_field, rate_of, string_map
 
 ENCODING = "audio/x-raw"
 RATES = (8000, 16000, 24000)  # the Voicebot URL's ?sample-rate=

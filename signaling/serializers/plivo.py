@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 
 from signaling.serializers.base import Mark, ProtocolViolation, Start
-from signaling.serializers.json_media import Codec, JsonMediaSerializer, media_head, object_field, rate_of, string_map
+from signaling.serializers.json_dialect import JsonMediaSerializer, media_head
+from signaling.serializers.json_media import Codec, object_field, rate_of, string_map
 
 CONTENT_TYPES = {"audio/x-mulaw": Codec.ULAW, "audio/x-l16": Codec.S16LE}
 RATES = (8000, 16000)

@@ -22,7 +22,8 @@ import json
 from collections import deque
 
 from signaling.serializers.base import Inbound, Media, Problem, ProtocolViolation, Start
-from signaling.serializers.json_media import Codec, JsonMediaSerializer, media_head, object_field, rate_of, string_map
+from signaling.serializers.json_dialect import JsonMediaSerializer, media_head
+from signaling.serializers.json_media import Codec, object_field, rate_of, string_map
 
 CODECS = {"PCMU": Codec.ULAW, "PCMA": Codec.ALAW, "L16": Codec.L16}
 RATES = (8000, 16000)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 
 from signaling.serializers.base import Media, ProtocolViolation, Start, Undecodable
-from signaling.serializers.json_media import JsonMediaSerializer, media_head, object_field
+from signaling.serializers.json_dialect import JsonMediaSerializer, media_head
+from signaling.serializers.json_media import object_field
 
 SAMPLE_RATE = 8000
 ENCODING = "audio/x-mulaw"
