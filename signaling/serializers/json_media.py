@@ -18,6 +18,7 @@ import numpy as np
 from media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from media.pcm import to_int16
 from signaling.serializers.base import Media, ProtocolViolation, Undecodable
+from signaling.serializers.rates import allowed_rate
 
 
 class Codec(enum.Enum):
@@ -86,13 +87,7 @@ def rate_of(value: object, allowed: tuple[int, ...], default: int) -> int:
     """A start's sample rate (a number or a numeric string); one we do not carry breaks the protocol."""
     if value is None or value == "":
         return default
-    try:
-        rate = int(value)
-    except (TypeError, ValueError):
-        rate = 0
-    if rate not in allowed:
-        raise ProtocolViolation(f"unsupported sample rate {value!r}")
-    return rate
+    return allowed_rate(value, allowed, f"unsupported sample rate {value!r}")
 
 
 def object_field(start: Mapping, key: str) -> dict:

@@ -25,6 +25,7 @@ from signaling.serializers.base import (
     Undecodable,
 )
 from signaling.serializers.json_text import json_object
+from signaling.serializers.rates import allowed_rate
 
 
 def text_object(message: Message, dialect: str) -> dict:
@@ -52,13 +53,7 @@ def scalar_fields(fields: Mapping, *, skip: tuple[str, ...] = ()) -> dict[str, s
 
 def sample_rate_of(value: object, allowed: tuple[int, ...], dialect: str) -> int:
     """A rate the far end named, if the call can run at it; any other rate breaks the call (ProtocolViolation)."""
-    try:
-        rate = int(value)
-    except (TypeError, ValueError):
-        rate = 0
-    if rate not in allowed:
-        raise ProtocolViolation(f"{dialect} audio at {value!r} Hz is not supported (use one of {allowed})")
-    return rate
+    return allowed_rate(value, allowed, f"{dialect} audio at {value!r} Hz is not supported (use one of {allowed})")
 
 
 class LinearSerializer(CarrierSerializer):
