@@ -64,6 +64,14 @@ class SpeechDetector:
         self._pending = np.zeros(0, np.float32)
         self._rate = np.array(self.model_rate, np.int64)
 
+    def quiet(self, samples: np.ndarray) -> bool:
+        """No window these samples complete can reach the model: ``process`` is then cheap enough for the event loop.
+
+        RMS never exceeds the peak, and half the level leaves room for a resampler's overshoot.
+        """
+        peak = max(float(np.max(np.abs(part))) if len(part) else 0.0 for part in (self._pending, samples))
+        return peak < QUIET_RMS / 2
+
     def process(self, samples: np.ndarray) -> list[tuple[float, float]]:
         """``(speech probability, RMS)`` for each whole window the new samples complete."""
         audio = np.concatenate([self._pending, self._resampler.process(samples)])

@@ -99,7 +99,13 @@ class BargeIn:
             audio = np.concatenate(self._pending)
             self._pending.clear()
             self._pending_samples = 0
-            for probability, level in await loop.run_in_executor(_DETECTION, self.detector.process, audio):
+            # A quiet line (most of a listening caller's audio) never runs the model: checked here, on the loop, it
+            # saves a thread hop per frame (at 100 calls, 5,000 hops a second cost more than the checks).
+            if self.detector.quiet(audio):
+                windows = self.detector.process(audio)
+            else:
+                windows = await loop.run_in_executor(_DETECTION, self.detector.process, audio)
+            for probability, level in windows:
                 far = max((rms for _, rms in self._sent), default=0.0)
                 is_speech = probability >= self.threshold and level >= far * self.echo_ratio
                 self._window(is_speech)

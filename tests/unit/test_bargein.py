@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from media.resample import resample
+from media.vad import SpeechDetector
 from signaling.bargein import BargeIn
 from signaling.messages import BargeInEvent, Event, EventKind, UtteranceState
 from signaling.session import Session, Transport
@@ -27,6 +28,9 @@ class Verdicts:
     """Stands in for Silero: a window's first sample is its speech probability, the rest set its level."""
 
     window_seconds = WINDOW / RATE
+
+    def quiet(self, samples: np.ndarray) -> bool:
+        return False  # always the detection thread, as the model would take
 
     def process(self, samples: np.ndarray) -> list[tuple[float, float]]:
         return [(float(w[0]), float(np.sqrt(np.mean(w[1:] ** 2)))) for w in samples.reshape(-1, WINDOW)]
@@ -45,6 +49,9 @@ class Counted:
         self.window_seconds = detector.window_seconds
         self.decided = 0
         self.probabilities: list[float] = []
+
+    def quiet(self, samples: np.ndarray) -> bool:
+        return self.detector.quiet(samples)
 
     def process(self, samples: np.ndarray):
         results = self.detector.process(samples)
@@ -236,3 +243,14 @@ async def test_the_model_does_not_take_our_echo_for_the_caller(caller_speech: np
     finally:
         call.barge.close()
         await call.session.close()
+
+
+def test_a_quiet_line_is_judged_without_the_model() -> None:
+    """What ``quiet`` passes (run on the event loop) is audio the model would never see."""
+    detector = SpeechDetector(RATE)
+    hush = np.full(4 * WINDOW, 10 ** (-70 / 20), np.float32)
+    assert detector.quiet(np.zeros(160, np.float32)) and detector.quiet(hush)
+    assert all(probability == 0.0 for probability, _ in detector.process(hush))
+    assert not detector.quiet(np.full(160, 0.01, np.float32)), "-40 dBFS goes to the model"
+    detector.process(np.full(WINDOW // 2, 0.01, np.float32))  # half a loud window left pending
+    assert not detector.quiet(np.zeros(160, np.float32)), "the pending half-window still needs the model"
