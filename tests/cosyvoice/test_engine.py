@@ -70,7 +70,10 @@ async def test_bfloat16_streams_the_same_tokens_as_it_renders_whole(model_dirs, 
         streamed = await collect(engine, SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=7, stream=True))
         whole = np.concatenate(await collect(engine, SynthesisRequest(text=TEXT, mode=Mode.SFT, seed=7, stream=False)))
         assert len(streamed) >= 2 and all(c.dtype == np.float32 and np.isfinite(c).all() for c in streamed)
-        assert len(np.concatenate(streamed)) == len(whole) and np.abs(whole).max() > 0
+        # bfloat16 log-probs depend on the kernels' summation order, and streamed and whole decoding run different
+        # shapes: under scalar ATen code (ATEN_CPU_CAPABILITY=default) v1's took one mel frame more (256 samples).
+        # At most one token's audio apart (960 samples at v2/v3's 24 kHz, fewer for v1); a broken stream is far off.
+        assert abs(len(np.concatenate(streamed)) - len(whole)) <= 960 and np.abs(whole).max() > 0
     finally:
         await engine.close()
 
