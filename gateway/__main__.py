@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(
         app, host=server.host, port=server.port, log_level=server.log_level, log_config=log_config(),
         http=functools.partial(HeadDeadlineProtocol, head_timeout=server.request_head_timeout),
-        limit_concurrency=server.max_connections,
+        limit_concurrency=server.max_connections, ws_per_message_deflate=server.websocket_compression,
     )  # fmt: skip
     GatewayServer(config, app, settings.server.shutdown_grace).run()
 

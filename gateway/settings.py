@@ -31,6 +31,7 @@ class ServerSettings(Section):
     shutdown_grace: float = Field(10.0, ge=0)
     request_head_timeout: float = Field(10.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+    websocket_compression: bool = False
 
 
 class EngineSettings(Section):
