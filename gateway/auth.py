@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.admission import RateLimited
 from gateway.carriers import carrier_of
 from gateway.errors import error_response
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, RejectReason
 from gateway.settings import Settings
 from signaling.closecodes import CloseCode
 
@@ -214,13 +214,13 @@ class ApiKeyMiddleware:
             return
         key = self.keys.find(presented)
         if key is None:
-            self.metrics.rejects.labels("unauthorized").inc()
+            self.metrics.rejects.labels(RejectReason.UNAUTHORIZED).inc()
             await self._deny(scope, receive, send, 401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
             return
         try:
             key.spend()
         except RateLimited as error:
-            self.metrics.rejects.labels("rate_limited").inc()
+            self.metrics.rejects.labels(RejectReason.RATE_LIMITED).inc()
             await self._deny(scope, receive, send, 429, str(error), {"Retry-After": str(error.retry_after)})
             return
         state = scope.setdefault("state", {})
@@ -250,12 +250,12 @@ def authenticate_deferred(connection: HTTPConnection, presented: str | None) -> 
     keys, metrics = deferred
     key = keys.find(presented)
     if key is None:
-        metrics.rejects.labels("unauthorized").inc()
+        metrics.rejects.labels(RejectReason.UNAUTHORIZED).inc()
         return False
     try:
         key.spend()
     except RateLimited:
-        metrics.rejects.labels("rate_limited").inc()
+        metrics.rejects.labels(RejectReason.RATE_LIMITED).inc()
         return False
     state["api_key"], state["caller"] = key, key.caller
     return True

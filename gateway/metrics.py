@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -25,6 +26,20 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0,
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 TRANSPORTS = ("http", *Transport)  # "http": one-shot synthesis requests, outside any session
+
+
+class RejectReason(StrEnum):
+    """Why work was refused at the door: the ``reason`` label of ``gateway_rejects_total``."""
+
+    SHUTTING_DOWN = "shutting_down"
+    QUEUE_FULL = "queue_full"
+    QUEUE_TIMEOUT = "queue_timeout"
+    WEBSOCKET_CAPACITY = "websocket_capacity"
+    WEBRTC_CAPACITY = "webrtc_capacity"
+    TELEPHONY_CAPACITY = "telephony_capacity"
+    KEY_SESSIONS = "key_sessions"  # the API key has all the live sessions it may
+    UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate_limited"
 
 
 class Metrics:
@@ -50,7 +65,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.underrun = Counter("gateway_underrun_seconds", "Silence played mid-utterance for lack of audio.", ["transport"], registry=r)
-        self.rejects = Counter("gateway_rejects", "Requests refused, by reason.", ["reason"], registry=r)
+        self.rejects = Counter("gateway_rejects", "Requests refused, by reason (RejectReason).", ["reason"], registry=r)
         self.barge_ins = Counter("gateway_barge_ins", "Utterances cancelled by caller speech.", ["transport"], registry=r)
         self.engine_busy = Gauge("gateway_engine_busy", "Engine workers busy (embedded) or sessions in the batch.", registry=r)
         self.engine_batch = Histogram(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cosyvoice import Engine
 from cosyvoice.voices import VoiceRegistry
-from gateway.admission import Admission
+from gateway.admission import Admission, CapacityGroup
 from gateway.auth import Caller, KeyStore
 from gateway.metrics import Metrics
 from gateway.sessions import SessionFactory
@@ -48,11 +48,7 @@ class Services:
             max_syntheses=limits.max_syntheses,
             queue_size=limits.queue_size,
             queue_timeout=limits.queue_timeout,
-            max_sessions={
-                "websocket": limits.max_websocket_sessions,
-                "webrtc": limits.max_webrtc_sessions,
-                "telephony": limits.max_telephony_sessions,
-            },
+            max_sessions={group: getattr(limits, f"max_{group}_sessions") for group in CapacityGroup},
             metrics=metrics,
         )
         sessions = SessionManager(settings.session.idle_timeout)

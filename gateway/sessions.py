@@ -7,16 +7,14 @@ from typing import Any
 
 from cosyvoice import AudioStream, InvalidRequest, Mode
 from cosyvoice.text_stream import TextStream, TextStreamingEngine
-from gateway.admission import Admission, RateLimited
+from gateway.admission import Admission, CapacityGroup, RateLimited
 from gateway.auth import OPERATOR, ApiKey, Caller
 from gateway.engines import clause_options
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, RejectReason
 from gateway.settings import Settings
 from gateway.synthesis import Synthesizer
 from signaling.manager import SessionManager
 from signaling.session import Session, SessionLimits, Transport, VoiceSettings
-
-TELEPHONY = tuple(t for t in Transport if t not in (Transport.WEBSOCKET, Transport.WEBRTC))  # one capacity for all phone calls
 
 
 class SessionSpeech:
@@ -106,14 +104,12 @@ class SessionFactory:
         transport is at capacity, ``RateLimited`` when the key has all the
         sessions it may, ``ValueError`` for a duplicate id.
         """
-        telephony = transport in TELEPHONY
-        live = sum(self.manager.count(t) for t in (TELEPHONY if telephony else (transport,)))
-        capacity_group = "telephony" if telephony else transport
-        self.admission.check_session(capacity_group, live)
+        group = CapacityGroup.of(transport)
+        self.admission.check_session(group, sum(self.manager.count(t) for t in group.transports))
         if owner is not None and owner.max_sessions:
             owned = sum(1 for s in self.manager.list() if s.owner == owner.name)
             if owned >= owner.max_sessions:
-                self.metrics.rejects.labels("key_sessions").inc()
+                self.metrics.rejects.labels(RejectReason.KEY_SESSIONS).inc()
                 raise RateLimited(f"key '{owner.name}' already has {owned} live sessions", retry_after=5)
         if session_id is not None and self.manager.get(session_id) is not None:
             raise ValueError(f"a session with id {session_id} is already live")

@@ -25,6 +25,7 @@ from cosyvoice.text import ClauseOptions
 from gateway.admission import Admission, Overloaded
 from gateway.auth import caller_of
 from gateway.dependencies import get_services
+from gateway.metrics import RejectReason
 from gateway.sessions import SessionSpeech
 from gateway.streaming import SEND_TIMEOUT
 from gateway.synthesis import Synthesizer
@@ -168,7 +169,7 @@ class ContextFactory:
     def admit(self) -> None:
         """Refuse a new socket while the server shuts down (HTTP requests are refused by their synthesis slot)."""
         if self.admission.draining:
-            raise Overloaded("the server is shutting down; connect again to another", reason="shutting_down")
+            raise Overloaded("the server is shutting down; connect again to another", reason=RejectReason.SHUTTING_DOWN)
 
     @property
     def synth(self) -> Synthesizer:

@@ -14,9 +14,14 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from enum import Enum, StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cosyvoice.timing import TimingSource
+
+if TYPE_CHECKING:
+    from cosyvoice.engine import Mode
+    from signaling.serializers.session import AudioFormat
+    from signaling.session import Transport
 
 
 class EventKind(StrEnum):
@@ -138,6 +143,34 @@ class SessionStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class SessionDescription:
+    """A session as the control API, ``session.created`` and ``session.updated`` show it."""
+
+    session_id: str
+    transport: Transport
+    created: float  # Unix seconds
+    voice: str
+    mode: Mode
+    sample_rate: int
+    closed: bool
+    utterances: tuple[UtteranceSummary, ...]  # the latest few, oldest first
+    stats: SessionStats  # flattened into the description
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "transport": self.transport.value,
+            "created": self.created,
+            "voice": self.voice,
+            "mode": self.mode.value,
+            "sample_rate": self.sample_rate,
+            "closed": self.closed,
+            "utterances": [utterance.to_dict() for utterance in self.utterances],
+            **self.stats.to_dict(),
+        }
+
+
 # Events: published on the session's hub.
 
 
@@ -249,8 +282,8 @@ class Dtmf(Event):
 @dataclass(frozen=True, kw_only=True)
 class SessionCreated(Event):
     kind = EventKind.SESSION_CREATED
-    session: dict[str, Any]  # Session.describe()
-    audio: dict[str, Any] | None = _optional()  # the WebSocket's audio format; WebRTC negotiates its own
+    session: SessionDescription
+    audio: AudioFormat | None = _optional()  # the WebSocket's audio format; WebRTC negotiates its own
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,7 +301,7 @@ class Flushed(Event):
 @dataclass(frozen=True, kw_only=True)
 class SessionUpdated(Event):
     kind = EventKind.SESSION_UPDATED
-    session: dict[str, Any]  # Session.describe()
+    session: SessionDescription
 
 
 @dataclass(frozen=True, kw_only=True)

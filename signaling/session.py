@@ -39,6 +39,7 @@ from signaling.messages import (
     Mark,
     Playback,
     SessionClosedEvent,
+    SessionDescription,
     SessionStats,
     UtteranceCancelled,
     UtteranceDone,
@@ -383,18 +384,19 @@ class Session:
             buffered_ms=round(self.buffer.buffered * 1000 / rate),
         )
 
-    def describe(self) -> dict:
-        return {
-            "session_id": self.id,
-            "transport": self.transport.value,
-            "created": self.created,
-            "voice": self.voice.voice,
-            "mode": self.voice.mode.value,
-            "sample_rate": self.buffer.sample_rate,
-            "closed": self.closed,
-            "utterances": [u.summary(self.buffer.sample_rate).to_dict() for u in list(self.utterances.values())[-10:]],
-            **self.stats().to_dict(),
-        }
+    def describe(self, latest: int = 10) -> SessionDescription:
+        """The session and its ``latest`` utterances, for the control API and the session's own events."""
+        return SessionDescription(
+            session_id=self.id,
+            transport=self.transport,
+            created=self.created,
+            voice=self.voice.voice,
+            mode=self.voice.mode,
+            sample_rate=self.buffer.sample_rate,
+            closed=self.closed,
+            utterances=tuple(u.summary(self.buffer.sample_rate) for u in list(self.utterances.values())[-latest:]),
+            stats=self.stats(),
+        )
 
     # Internals.
 

@@ -50,7 +50,7 @@ class WebSocketTransport(WebSocketWire, SessionTransport):
         await self.serve(self.session, first_words)
 
     async def opened(self) -> None:
-        created = SessionCreated(session=self.session.describe(), audio=self.serializer.audio.describe())
+        created = SessionCreated(session=self.session.describe(), audio=self.serializer.audio)
         await self.send(self.serializer.encode_event(self.session.events.stamped(created)))
 
     async def receive(self) -> None:

@@ -77,12 +77,12 @@ async def websocket_session(websocket: WebSocket, services: Services = Depends(g
 @router.get("/v1/sessions")
 async def list_sessions(request: Request, services: Services = Depends(get_services)) -> dict:
     caller = caller_of(request)
-    return {"sessions": [session.describe() for session in services.sessions.list() if caller.owns(session.owner)]}
+    return {"sessions": [session.describe().to_dict() for session in services.sessions.list() if caller.owns(session.owner)]}
 
 
 @router.get("/v1/sessions/{session_id}")
 async def get_session(session_id: str, request: Request) -> dict:
-    return _session(request, session_id).describe()
+    return _session(request, session_id).describe().to_dict()
 
 
 @router.post("/v1/sessions/{session_id}/say")

@@ -51,7 +51,7 @@ class AudioFormat:
             raise ProtocolError(f"sample_rate {rate} not supported; choose one of {PCM_RATES}")
         return cls(Codec.PCM, rate)
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """As ``session.created`` announces it."""
         return {"format": self.codec.value, "sample_rate": self.sample_rate, "channels": 1, "frame_ms": 20}
 

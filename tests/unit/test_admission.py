@@ -6,13 +6,16 @@ import asyncio
 
 import pytest
 
-from gateway.admission import Admission, Overloaded
+from gateway.admission import Admission, CapacityGroup, Overloaded
 from gateway.metrics import Metrics
+
+
+CAPS = {CapacityGroup.WEBRTC: 2, CapacityGroup.TELEPHONY: 1, CapacityGroup.WEBSOCKET: 1000}
 
 
 def admission(*, slots: int = 2, queue: int = 2, timeout: float = 5.0) -> Admission:
     return Admission(
-        max_syntheses=slots, queue_size=queue, queue_timeout=timeout, max_sessions={"webrtc": 2, "twilio": 1}, metrics=Metrics()
+        max_syntheses=slots, queue_size=queue, queue_timeout=timeout, max_sessions=CAPS, metrics=Metrics()
     )
 
 
@@ -109,16 +112,25 @@ async def test_a_client_that_leaves_the_queue_takes_no_slot_with_it() -> None:
     (await asyncio.wait_for(gate.synthesis_slot(), 0.5)).release()
 
 
-async def test_sessions_are_capped_per_transport() -> None:
+async def test_sessions_are_capped_per_group() -> None:
     gate = admission()
-    gate.check_session("webrtc", live=1)
-    gate.check_session("websocket", live=1000)  # no cap configured for it
+    gate.check_session(CapacityGroup.WEBRTC, live=1)
+    gate.check_session(CapacityGroup.WEBSOCKET, live=999)
     with pytest.raises(Overloaded) as refused:
-        gate.check_session("webrtc", live=2)
+        gate.check_session(CapacityGroup.WEBRTC, live=2)
     assert refused.value.reason == "webrtc_capacity"
     with pytest.raises(Overloaded):
-        gate.check_session("twilio", live=1)
-    assert rejects(gate, "webrtc_capacity") == 1 and rejects(gate, "twilio_capacity") == 1
+        gate.check_session(CapacityGroup.TELEPHONY, live=1)
+    assert rejects(gate, "webrtc_capacity") == 1 and rejects(gate, "telephony_capacity") == 1
+
+
+def test_every_phone_carrier_shares_the_telephony_cap() -> None:
+    from signaling.session import Transport
+
+    assert CapacityGroup.of(Transport.WEBSOCKET) is CapacityGroup.WEBSOCKET
+    assert CapacityGroup.of(Transport.WEBRTC) is CapacityGroup.WEBRTC
+    phone = set(Transport) - {Transport.WEBSOCKET, Transport.WEBRTC}
+    assert phone and set(CapacityGroup.TELEPHONY.transports) == phone
 
 
 async def test_a_draining_server_admits_nothing_new() -> None:
@@ -128,7 +140,7 @@ async def test_a_draining_server_admits_nothing_new() -> None:
     with pytest.raises(Overloaded) as synthesis:
         await gate.synthesis_slot()
     with pytest.raises(Overloaded) as session:
-        gate.check_session("webrtc", live=0)
+        gate.check_session(CapacityGroup.WEBRTC, live=0)
     assert synthesis.value.reason == session.value.reason == "shutting_down"
     assert rejects(gate, "shutting_down") == 2
     held.release()

@@ -182,7 +182,7 @@ def test_audiosocket_audio_round_trips_at_the_learned_rate() -> None:
 def test_session_protocol_round_trips() -> None:
     audio = AudioFormat.from_query("pcm", "16000")
     serializer = SessionSerializer(audio, opus_bitrate=32000)
-    assert audio.describe() == {"format": "pcm", "sample_rate": 16000, "channels": 1, "frame_ms": 20}
+    assert audio.to_dict() == {"format": "pcm", "sample_rate": 16000, "channels": 1, "frame_ms": 20}
     assert not serializer.encodes_off_loop
     samples = tone(16000)
     assert np.max(np.abs(from_s16le(serializer.encode_audio(samples)) - samples)) <= 1 / 32768  # as above
