@@ -13,16 +13,16 @@ import enum
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cosyvoice import InvalidRequest, UnknownVoice
+from cosyvoice import EngineUnavailable, InvalidRequest, UnknownVoice
 from cosyvoice.text import ClauseOptions
-from gateway.admission import Admission, Overloaded
+from gateway.admission import Admission, Overloaded, RateLimited
 from gateway.auth import caller_of
 from gateway.dependencies import get_services
 from gateway.metrics import RejectReason
@@ -34,7 +34,7 @@ from media.g711 import ulaw_encode
 from media.pcm import to_int16, to_s16le
 from media.resample import StreamResampler
 from signaling.contexts import SpeechContext
-from signaling.session import SessionLimits, Transport, VoiceSettings
+from signaling.session import SessionLimits, TextTooLong, Transport, VoiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -270,3 +270,56 @@ class AgentSocket:
 
 class TooManyContexts(Exception):
     pass
+
+
+class Refusal(enum.Enum):
+    """Why a voice agent's request was refused, the same in both dialects; each names it in its own words.
+
+    ``status`` is the HTTP status both dialects answer with, unless a dialect's :class:`ErrorCodes` says
+    otherwise. Not :data:`gateway.errors.STATUS`: these APIs answer an unknown voice with 404 and a full
+    server with 429, where our own API answers 400 and 503.
+    """
+
+    UNKNOWN_VOICE = ("unknown voice", 404)
+    BAD_FORMAT = ("bad output format", 400)
+    TEXT_TOO_LONG = ("text too long", 413)
+    TOO_MANY_CONTEXTS = ("too many contexts", 429)
+    UNAVAILABLE = ("engine unavailable", 503)
+    BUSY = ("no capacity", 429)
+    INVALID = ("invalid request", 400)  # anything else a request can fail with
+
+    def __init__(self, label: str, status: int) -> None:
+        self.label, self.status = label, status
+
+
+# Errors to refusals, first match wins; whatever is not here is ``Refusal.INVALID``.
+REFUSALS: tuple[tuple[type[Exception], Refusal], ...] = (
+    (UnknownVoice, Refusal.UNKNOWN_VOICE),
+    (BadFormat, Refusal.BAD_FORMAT),
+    (TextTooLong, Refusal.TEXT_TOO_LONG),
+    (TooManyContexts, Refusal.TOO_MANY_CONTEXTS),
+    (EngineUnavailable, Refusal.UNAVAILABLE),
+    (Overloaded, Refusal.BUSY),
+    (RateLimited, Refusal.BUSY),
+)
+
+
+def refusal_of(error: Exception) -> Refusal:
+    return next((refusal for kind, refusal in REFUSALS if isinstance(error, kind)), Refusal.INVALID)
+
+
+@dataclass(frozen=True)
+class ErrorCodes:
+    """One dialect's error code for each refusal, and its HTTP status where it differs from the refusal's."""
+
+    codes: Mapping[Refusal, str]
+    statuses: Mapping[Refusal, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if missing := set(Refusal) - set(self.codes):
+            raise ValueError(f"no error code for {sorted(refusal.name for refusal in missing)}")
+
+    def of(self, error: Exception) -> tuple[str, int]:
+        """The code and HTTP status that answer ``error``."""
+        refusal = refusal_of(error)
+        return self.codes[refusal], self.statuses.get(refusal, refusal.status)

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
-from cosyvoice import AudioStream, EngineUnavailable, SynthesisError, UnknownVoice, WordTiming
+from cosyvoice import AudioStream, SynthesisError, UnknownVoice, WordTiming
 from gateway.admission import Overloaded, RateLimited
 from gateway.audio import AudioStreamingResponse, StreamEndingResponse
 from gateway.auth import accept
@@ -31,8 +31,10 @@ from gateway.voice_agents import (
     AgentSocket,
     BadFormat,
     ContextFactory,
+    ErrorCodes,
     Malformed,
     OutputFormat,
+    Refusal,
     TooManyContexts,
     cartesia_format,
 )
@@ -55,20 +57,22 @@ class CartesiaError(Exception):
         self.code, self.status = code, status
 
 
+ERROR_CODES = ErrorCodes({
+    Refusal.UNKNOWN_VOICE: "voice_not_found",
+    Refusal.BAD_FORMAT: "invalid_output_format",
+    Refusal.TEXT_TOO_LONG: "transcript_too_long",
+    Refusal.TOO_MANY_CONTEXTS: "too_many_requests",
+    Refusal.UNAVAILABLE: "service_unavailable",
+    Refusal.BUSY: "too_many_requests",
+    Refusal.INVALID: "invalid_request",
+})
+
+
 def _classify(error: Exception) -> CartesiaError:
     if isinstance(error, CartesiaError):
         return error
-    if isinstance(error, UnknownVoice):
-        return CartesiaError("voice_not_found", str(error), 404)
-    if isinstance(error, BadFormat):
-        return CartesiaError("invalid_output_format", str(error))
-    if isinstance(error, TextTooLong):
-        return CartesiaError("transcript_too_long", str(error), 413)
-    if isinstance(error, EngineUnavailable):
-        return CartesiaError("service_unavailable", str(error), 503)
-    if isinstance(error, (Overloaded, RateLimited, TooManyContexts)):
-        return CartesiaError("too_many_requests", str(error), 429)
-    return CartesiaError("invalid_request", str(error))
+    code, status = ERROR_CODES.of(error)
+    return CartesiaError(code, str(error), status)
 
 
 def _error_body(error: CartesiaError, context_id: str | None) -> dict:

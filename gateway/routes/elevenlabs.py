@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
-from cosyvoice import AudioStream, EngineUnavailable, SynthesisError, UnknownVoice, WordTiming
+from cosyvoice import AudioStream, SynthesisError, UnknownVoice, WordTiming
 from cosyvoice.timing import char_spans
 from gateway.admission import Overloaded, RateLimited
 from gateway.audio import AudioStreamingResponse, StreamEndingResponse, collect_audio
@@ -35,8 +35,10 @@ from gateway.voice_agents import (
     AgentSocket,
     BadFormat,
     ContextFactory,
+    ErrorCodes,
     Malformed,
     OutputFormat,
+    Refusal,
     TooManyContexts,
     elevenlabs_format,
 )
@@ -61,22 +63,25 @@ class ElevenLabsError(Exception):
         self.status, self.http_status = status, http_status
 
 
+ERROR_CODES = ErrorCodes(
+    {
+        Refusal.UNKNOWN_VOICE: "voice_not_found",
+        Refusal.BAD_FORMAT: "invalid_output_format",
+        Refusal.TEXT_TOO_LONG: "text_too_long",
+        Refusal.TOO_MANY_CONTEXTS: "max_active_conversations",
+        Refusal.UNAVAILABLE: "service_unavailable",
+        Refusal.BUSY: "too_many_concurrent_requests",
+        Refusal.INVALID: "invalid_request",
+    },
+    statuses={Refusal.TOO_MANY_CONTEXTS: 400},  # a bad request to ElevenLabs, not a busy server
+)
+
+
 def _classify(error: Exception) -> ElevenLabsError:
     if isinstance(error, ElevenLabsError):
         return error
-    if isinstance(error, UnknownVoice):
-        return ElevenLabsError("voice_not_found", str(error), 404)
-    if isinstance(error, BadFormat):
-        return ElevenLabsError("invalid_output_format", str(error))
-    if isinstance(error, TextTooLong):
-        return ElevenLabsError("text_too_long", str(error), 413)
-    if isinstance(error, TooManyContexts):
-        return ElevenLabsError("max_active_conversations", str(error))
-    if isinstance(error, EngineUnavailable):
-        return ElevenLabsError("service_unavailable", str(error), 503)
-    if isinstance(error, (Overloaded, RateLimited)):
-        return ElevenLabsError("too_many_concurrent_requests", str(error), 429)
-    return ElevenLabsError("invalid_request", str(error))
+    code, status = ERROR_CODES.of(error)
+    return ElevenLabsError(code, str(error), status)
 
 
 # The WebSockets.
