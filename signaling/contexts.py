@@ -4,7 +4,8 @@ The ElevenLabs and Cartesia dialects both speak in *contexts*: a client sends
 an LLM's reply token by token, the server answers with audio and its timing,
 and the client plays and paces it itself. A :class:`SpeechContext` is that:
 text is split into clauses as a session's is (:class:`~cosyvoice.text.ClauseSplitter`),
-each clause is synthesized in turn by the same speech source sessions use, and
+each clause is synthesized in turn by the same speech source and clause loop
+(:func:`~signaling.speak.speak_clause`) sessions use, and
 what comes out (audio, word timings in the context's timeline and text, flush
 and end markers) is read with ``async for``. ``cancel`` stops the engine at once.
 """
@@ -20,8 +21,8 @@ import numpy as np
 
 from cosyvoice import SynthesisError, WordTiming
 from cosyvoice.text import ClauseOptions, ClauseSplitter
-from media.resample import StreamResampler
 from signaling.session import SessionLimits, SpeechSource, TextTooLong, VoiceSettings
+from signaling.speak import speak_clause
 
 # Pieces of output that may wait for a client that stopped reading; beyond it the engine waits too.
 # An engine chunk is 0.1-1 s of audio, so this holds a few seconds to a minute of it.
@@ -108,7 +109,7 @@ class SpeechContext:
         self._seq = 0  # jobs queued so far
         self._flushed_seq = 0  # the last flush's job
         self._current_seq = 0  # the job being done
-        self._cursor = 0  # where the next clause is looked for in ``text``
+        self.text_cursor = 0  # where the next clause is looked for in ``text``
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="speech context")
 
     def say(self, text: str) -> None:
@@ -203,27 +204,8 @@ class SpeechContext:
                     return
 
     async def _speak(self, clause: str) -> None:
-        stream = self._speech.open(clause, self.voice)
-        resampler = StreamResampler(stream.sample_rate, self.output_rate)
-        # The clause's place: its audio follows all delivered so far, its text is the next match.
-        seconds = self.audio_samples / self.output_rate
-        chars = self.text.find(clause, self._cursor)
-        if chars >= 0:
-            self._cursor = chars + len(clause)
-        taken = 0
-
-        async def deliver(samples: np.ndarray) -> None:
-            nonlocal taken
-            if len(samples):
-                self.audio_samples += len(samples)
-                await self._output.put(AudioOut(samples))
-            fresh = [word.shifted(seconds, chars) for word in stream.words[taken:]] if chars >= 0 else []
-            taken = len(stream.words)
-            if fresh:
-                self.words.extend(fresh)
-                await self._output.put(WordsOut(tuple(fresh)))
-
-        async with stream:
-            async for chunk in stream:
-                await deliver(resampler.process(chunk))
-            await deliver(resampler.flush())  # and the timings an engine sent after its last chunk
+        await speak_clause(
+            self._speech.open(clause, self.voice), clause, self, self.output_rate,
+            lambda samples: self._output.put(AudioOut(samples)),
+            announce=lambda words: self._output.put(WordsOut(words)),
+        )  # fmt: skip

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Protocol
 
+import numpy as np
+
 from cosyvoice import AudioStream, SpeechParams, SynthesisError, WordTiming
 from cosyvoice.text import ClauseOptions, ClauseSplitter
 from cosyvoice.text_stream import TextStream
 from cosyvoice.timing import heard_text
 from media.playout import Frame, PlayoutBuffer, Reached, ReachedKind
-from media.resample import StreamResampler
 from signaling.events import EventHub
 from signaling.messages import (
     AudioCleared,
@@ -49,6 +50,7 @@ from signaling.messages import (
     UtteranceSummary,
     Word,
 )
+from signaling.speak import speak_clause
 
 log = logging.getLogger(__name__)
 
@@ -465,43 +467,20 @@ class Session:
                 stream = self._speech.open_text(job.text, self.voice, job.more)
             else:
                 stream = self._speech.open(job.text, self.voice)
-        except SynthesisError as error:
-            self._fail(utterance, error)
-            return
-        resampler = StreamResampler(stream.sample_rate, self.buffer.sample_rate)
-        # The clause's place in the utterance: its audio follows what is pushed so far, its text is the next match.
-        seconds = utterance.audio_samples / self.buffer.sample_rate
-        chars = utterance.text.find(job.text, utterance.text_cursor)
-        if chars >= 0:
-            utterance.text_cursor = chars + len(job.text)
-        taken = 0
-
-        def take_words() -> None:
-            nonlocal taken
-            if chars >= 0:
-                utterance.words.extend(word.shifted(seconds, chars) for word in stream.words[taken:])
-            taken = len(stream.words)
-
-        try:
-            async with stream:
-                async for chunk in stream:
-                    if job.more is not None:  # one stream for the whole utterance: backpressure inside it
-                        await self._wait_for_listener()
-                    self._push(utterance, resampler.process(chunk), job.since)
-                    take_words()
-            take_words()  # timings an engine sent after its last chunk
-            self._push(utterance, resampler.flush(), job.since)
+            await speak_clause(
+                stream, job.text, utterance, self.buffer.sample_rate,
+                lambda samples: self._push(utterance, samples, job.since),
+                # one stream for the whole utterance: backpressure inside it
+                pace=self._wait_for_listener if job.more is not None else None,
+            )  # fmt: skip
         except SynthesisError as error:
             self._fail(utterance, error)
 
-    def _push(self, utterance: Utterance, samples, since: float) -> None:
-        if not len(samples):
-            return
+    async def _push(self, utterance: Utterance, samples: np.ndarray, since: float) -> None:
         if utterance.first_audio_latency is None:
             utterance.first_audio_latency = time.monotonic() - since
             latency_ms = round(utterance.first_audio_latency * 1000, 1)
             self.events.emit(UtteranceFirstAudio(utterance_id=utterance.id, latency_ms=latency_ms))
-        utterance.audio_samples += len(samples)
         self.buffer.push(samples, utterance.id)
 
     def _announce_words(self, utterance: Utterance, *, every: bool = False) -> None:
