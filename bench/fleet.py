@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -94,15 +95,31 @@ async def run_first_audio(rounds: int) -> tuple[list[float], list[float]]:
         await local.close()
 
 
-async def run_pool(replicas: int, streams: int) -> tuple[float, list[int]]:
-    """Real-time streams made, and the clauses each replica served."""
+@dataclass(frozen=True)
+class PoolRun:
+    streams: float  # real-time streams made
+    clauses: list[int]  # clauses each replica served
+    busy_cores: float  # the whole machine's, on average
+    edge_cores: float  # this process's (the edge: clause splitting, the handle, Ray's router)
+
+
+async def run_pool(replicas: int, streams: int) -> PoolRun:
     serve.run(pool_application(settings(replicas)), name="bench", route_prefix=None)
     engine = pool_engine(settings(replicas))
     await engine.start()
     await throughput(engine, streams)  # warm-up: every replica has served
     before = {replica: load.served for replica, load in engine.load.items()}
+    busy, edge, wall = busy_seconds(), time.process_time(), time.perf_counter()
     made = await throughput(engine, streams)
-    return made, sorted(load.served - before.get(replica, 0) for replica, load in engine.load.items())
+    wall = time.perf_counter() - wall
+    clauses = sorted(load.served - before.get(replica, 0) for replica, load in engine.load.items())
+    return PoolRun(made, clauses, (busy_seconds() - busy) / wall, (time.process_time() - edge) / wall)
+
+
+def busy_seconds() -> float:
+    """CPU seconds every core of this machine has spent busy (user, system, interrupts) since boot."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -112,18 +129,25 @@ def main() -> None:
     args = parser.parse_args()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(proxy_location="Disabled")
+
+    async def measure():
+        # One event loop for every handle: with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 the router runs on the caller's.
+        try:
+            return await run_first_audio(args.rounds), await run_pool(1, args.streams), await run_pool(2, args.streams)
+        finally:
+            await serve.shutdown_async()
+
     try:
-        local, pooled = asyncio.run(run_first_audio(args.rounds))
-        one, _ = asyncio.run(run_pool(1, args.streams))
-        two, split = asyncio.run(run_pool(2, args.streams))
+        (local, pooled), one, two = asyncio.run(measure())
     finally:
-        serve.shutdown()
         ray.shutdown()
     added = [p - q for p, q in zip(pooled, local)]
     print(f"first audio, short sentence, p50: local {p50_ms(local)} ms, pool {p50_ms(pooled)} ms, "
           f"added (pairwise) {p50_ms(added)} ms p50")
-    print(f"aggregate real-time streams ({args.streams} long texts at once): one replica {one:.1f}, "
-          f"two replicas {two:.1f} ({two / one:.2f}x; clauses per replica {split})")
+    print(f"aggregate real-time streams ({args.streams} long texts at once): one replica {one.streams:.1f}, "
+          f"two replicas {two.streams:.1f} ({two.streams / one.streams:.2f}x; clauses per replica {two.clauses})")
+    for name, run in (("one replica", one), ("two replicas", two)):
+        print(f"  {name}: machine busy {run.busy_cores:.2f} of {os.cpu_count()} cores, this edge {run.edge_cores:.2f}")
     print(f"load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

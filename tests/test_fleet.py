@@ -19,7 +19,8 @@ from cosyvoice import Engine, EngineFailure, SynthesisRequest  # noqa: E402
 from cosyvoice.pool.app import PoolScaling  # noqa: E402
 from cosyvoice.pool.app import pool_application as pool_application_of  # noqa: E402
 from cosyvoice.pool.client import PoolEngine, PoolOptions  # noqa: E402
-from cosyvoice.pool.router import rank_replicas  # noqa: E402
+from cosyvoice.pool.router import InFlight, rank_replicas  # noqa: E402
+from cosyvoice.pool.wire import EDGE  # noqa: E402
 from gateway.pool import pool_application  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from support.servers import ServerThread, free_port  # noqa: E402
@@ -230,20 +231,53 @@ def test_a_replica_whose_engine_fails_gives_a_synthesis_error_not_a_ray_error(ed
         serve.delete("fleet-broken")
 
 
+def replica(name: str, voices=(), awaiting: int = 0, *, ours: int = 0) -> SimpleNamespace:
+    """A replica as the router sees it: its id and its last report (``awaiting`` clauses from another edge,
+    ``ours`` from this one)."""
+    by_edge = {"other-edge": awaiting, EDGE: ours}
+    stats = {"voices": list(voices), "awaiting_first_audio": awaiting + ours, "awaiting_by_edge": by_edge}
+    return SimpleNamespace(replica_id=SimpleNamespace(unique_id=name), routing_stats=stats)
+
+
+def names(ranks) -> list[list[str]]:
+    return [[r.replica_id.unique_id for r in rank] for rank in ranks]
+
+
 def test_routing_ranks_the_previous_replica_then_voice_holders_by_queued_first_audio() -> None:
-    def replica(name: str, voices=(), awaiting: int = 0):
-        stats = {"voices": list(voices), "awaiting_first_audio": awaiting}
-        return SimpleNamespace(replica_id=SimpleNamespace(unique_id=name), routing_stats=stats)
-
-    def names(ranks) -> list[list[str]]:
-        return [sorted(r.replica_id.unique_id for r in rank) for rank in ranks]
-
     a, b, c = replica("a"), replica("b", ["ann"], 5), replica("c", ["ann"], 1)
     d, e = replica("d", ["ann"], 3), replica("e", awaiting=0)
     ranks = rank_replicas([a, b, c, d, e], voice="ann", prefer="a", avoid=frozenset())
-    # Near the least queued (e: 0, within SLACK = 2): c holds ann, e does not; b and d are busier.
-    assert names(ranks) == [["a"], ["c"], ["e"], ["b", "d"]]
+    # Near the least queued (e: 0, within SLACK = 2): c holds ann, e does not; d and b are busier, d less so.
+    assert names(ranks) == [["a"], ["c", "e", "d", "b"]]
     ranks = rank_replicas([a, b, c, d, e], voice="ann", prefer="c", avoid=frozenset({"c"}))
-    assert names(ranks) == [["a", "e"], ["b", "d"], ["c"]]
-    # A built-in voice (no prompt to hold): load alone.
-    assert names(rank_replicas([b, c, e], voice="", prefer="", avoid=frozenset())) == [["c", "e"], ["b"]]
+    assert sorted(names(ranks)[0] + names(ranks)[1][:1]) == ["a", "e"], "a and e: equally free, in either order"
+    assert names(ranks)[1][1:] == ["d", "b"] and names(ranks)[2] == ["c"], "the replica that failed comes last"
+    # A built-in voice (no prompt to hold): the least queued.
+    assert names(rank_replicas([b, c, e], voice="", prefer="", avoid=frozenset())) == [["e"], ["c", "b"]]
+
+
+def test_routing_counts_its_own_clauses_fresh_and_the_other_edges_as_reported() -> None:
+    # a's report still shows three of this edge's clauses, which have ended since: a is free.
+    a, b = replica("a", ours=3), replica("b", awaiting=1)
+    assert names(rank_replicas([a, b], voice="", prefer="", avoid=frozenset())) == [["a"], ["b"]]
+    mine = InFlight()
+    for request in ("r1", "r2"):
+        mine.add(request, "a")  # this edge's clauses on a now: 2 against b's 1 from the other edge
+    assert names(rank_replicas([a, b], voice="", prefer="", avoid=frozenset(), in_flight=mine)) == [["b"], ["a"]]
+
+
+def test_a_burst_of_first_clauses_spreads_over_the_replicas() -> None:
+    """Clauses routed in the same instant all see one stale report: the router's own count spreads them."""
+    for _ in range(20):  # equals are taken in random order: every draw must spread
+        router = InFlight()
+        pool = [replica("a"), replica("b")]
+        for request in range(6):
+            (top,), *_ = rank_replicas(pool, voice="", prefer="", avoid=frozenset(), in_flight=router)
+            router.add(f"r{request}", top.replica_id.unique_id)
+        assert router["a"] == router["b"] == 3
+    router.remove("r0")
+    router.remove("r0")  # completion reported twice counts once
+    router.add("r1", "a")  # routed again (its first choice was full): still one clause
+    assert len(router) == 5 and router["a"] + router["b"] == 5
+    router.forget("a")
+    assert router["a"] == 0 and len(router) == router["b"]

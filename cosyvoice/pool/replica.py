@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -35,7 +35,7 @@ class EngineReplica:
         self._id = _replica_id()
         self._held: OrderedDict[str, None] = OrderedDict()  # saved voices served recently, most recent last
         self._streams = 0
-        self._awaiting = 0
+        self._awaiting: Counter[str] = Counter()  # clauses with no audio yet, by the edge that sent them
         self._served = 0
         self._cancelled = 0
         log.info("replica %s ready: %s", self._id, self._engine.capabilities.model)
@@ -44,20 +44,20 @@ class EngineReplica:
         return self._engine.capabilities
 
     async def speak(
-        self, job: ClauseJob, *, voice: str = "", prefer: str = "", avoid: tuple[str, ...] = ()
+        self, job: ClauseJob, *, voice: str = "", prefer: str = "", avoid: tuple[str, ...] = (), edge: str = ""
     ) -> AsyncIterator[Header | Piece]:
         """A :class:`Header`, then the clause's pieces; ``voice``, ``prefer`` and ``avoid`` are the router's hints."""
         yield Header(self._id)
         stream = self._engine.synthesize(job.request())
         self._streams += 1
-        self._awaiting += 1
+        self._awaiting[edge] += 1
         waiting = True
         taken = 0
         try:
             async with stream:
                 async for samples in stream:
                     if waiting:
-                        self._awaiting -= 1
+                        self._heard(edge)
                         waiting = False
                     words, taken = tuple(stream.words[taken:]), len(stream.words)
                     yield Piece(samples, words)
@@ -70,12 +70,13 @@ class EngineReplica:
             raise
         finally:
             self._streams -= 1
-            self._awaiting -= waiting
+            if waiting:
+                self._heard(edge)
 
     async def load(self, *, prefer: str = "") -> ReplicaLoad:
         """This replica's figures (``prefer`` names the replica wanted: the router honours it while it has room)."""
         return ReplicaLoad(
-            self._id, self._streams, self._awaiting, tuple(self._held),
+            self._id, self._streams, self._awaiting.total(), tuple(self._held), dict(self._awaiting),
             served=self._served, cancelled=self._cancelled, busy=self._engine.busy,
         )  # fmt: skip
 
@@ -84,7 +85,7 @@ class EngineReplica:
 
     def record_routing_stats(self) -> dict:
         """Ray Serve polls this for the request router (``request_routing_stats_period_s``)."""
-        return ReplicaLoad(self._id, self._streams, self._awaiting, tuple(self._held)).as_stats()
+        return ReplicaLoad(self._id, self._streams, self._awaiting.total(), tuple(self._held), dict(self._awaiting)).as_stats()
 
     async def check_health(self) -> None:
         """Ray Serve's health check: an engine that no longer answers gets this replica replaced."""
@@ -97,6 +98,12 @@ class EngineReplica:
         engine = getattr(self, "_engine", None)
         if engine is not None:
             await engine.close()
+
+    def _heard(self, edge: str) -> None:
+        """A clause's first audio went out (or it ended without any)."""
+        self._awaiting[edge] -= 1
+        if not self._awaiting[edge]:
+            del self._awaiting[edge]
 
     def _hold(self, voice: str) -> None:
         if voice:

@@ -1,56 +1,124 @@
 """Routing that knows voices and load: Ray Serve's request-router interface, run in each edge's handle.
 
-Ranks, most preferred first: the replica that spoke the utterance's previous clause (``prefer``); then,
-among the replicas whose queued first audio is near the least, those holding the saved voice's prompt
-features, then the others; then the busier replicas; replicas named in ``avoid`` (one that just failed
-this clause) last. Within a rank Ray Serve takes the replica with the fewest ongoing requests (probed
-fresh) under ``max_ongoing_requests``, and falls to the next rank when none has room. Affinity never
-outweighs load: a replica holding the voice but busier than the rest waits its turn behind them.
+A clause goes, most preferred first, to the replica that spoke its utterance's previous clause
+(``prefer``); else, among the replicas whose queued first audio is near the least, to one holding the
+saved voice's prompt features, and among equals to the one with the fewest streams; then to the busier
+replicas; replicas named in ``avoid`` (one that just failed this clause) last. Affinity never outweighs
+load: a replica holding the voice but with more first audio queued waits its turn behind the others.
+
+Replicas report their load every ``request_routing_stats_period_s``: a report can still show clauses
+that have ended, and a burst of clauses routed in one instant would all follow one report. So a
+replica's queue is what the other edges had queued there at its last report, plus this edge's own
+clauses on it, counted here as they are routed and until they end (:class:`InFlight`: fresh to the
+request, and an upper bound on this edge's queued first audio). The top choice is a rank of its own,
+so the count lands where the clause goes; Ray Serve falls to the next rank only when that replica is
+full (``max_ongoing_requests``), taking the least loaded of the rest.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Sequence
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-# Queued first audio comes from each replica's report, up to ``request_routing_stats_period_s`` old: replicas
-# within this many clauses of the least queued share a rank, so fresh ongoing counts decide among them
-# instead of a burst of new clauses all following one stale report.
+from cosyvoice.pool.wire import EDGE
+
+# The other edges' queued first audio comes from each replica's report, up to ``request_routing_stats_period_s``
+# old: replicas within this many clauses of the least queued count as equally free.
 SLACK = 2
 
 
+class InFlight:
+    """The clauses this router has sent to each replica that have not ended: fresher than any report."""
+
+    def __init__(self) -> None:
+        self._replica_of: dict[str, str] = {}  # request id -> replica id
+        self._counts: Counter[str] = Counter()
+
+    def add(self, request: str, replica: str) -> None:
+        self.remove(request)  # a request routed again (its replica was full) counts once
+        self._replica_of[request] = replica
+        self._counts[replica] += 1
+
+    def remove(self, request: str) -> None:
+        replica = self._replica_of.pop(request, None)
+        if replica is not None:
+            self._counts[replica] -= 1
+            if not self._counts[replica]:
+                del self._counts[replica]
+
+    def forget(self, replica: str) -> None:
+        """A replica died: its clauses will not end through it."""
+        for request in [r for r, held in self._replica_of.items() if held == replica]:
+            self.remove(request)
+
+    def __getitem__(self, replica: str) -> int:
+        return self._counts[replica]
+
+    def __len__(self) -> int:
+        return len(self._replica_of)
+
+
 class VoiceAffinityRouter(RequestRouter):
+    def initialize_state(self, **kwargs) -> None:
+        self.in_flight = InFlight()
+
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
         hints = pending_request.kwargs if pending_request is not None else {}
-        return rank_replicas(
+        ranks = rank_replicas(
             candidate_replicas,
             voice=hints.get("voice", ""),
             prefer=hints.get("prefer", ""),
             avoid=frozenset(hints.get("avoid", ())),
+            in_flight=self.in_flight,
         )
+        if ranks and pending_request is not None:
+            self.in_flight.add(pending_request.metadata.internal_request_id, ranks[0][0].replica_id.unique_id)
+        return ranks
+
+    def on_request_completed(self, replica_id, internal_request_id: str) -> None:
+        self.in_flight.remove(internal_request_id)
+
+    def on_replica_actor_died(self, replica_id) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.in_flight.forget(replica_id.unique_id)
 
 
-def rank_replicas(replicas, *, voice: str, prefer: str, avoid: frozenset[str]) -> list[list]:
-    """The ranks for one clause (a pure function of the replicas' reports, so it is tested without Ray)."""
-    usable = [r for r in replicas if r.replica_id.unique_id not in avoid]
-    pinned = [r for r in usable if prefer and r.replica_id.unique_id == prefer]
+def rank_replicas(
+    replicas: Sequence, *, voice: str, prefer: str, avoid: frozenset[str], in_flight: InFlight | None = None,
+    edge: str = EDGE,
+) -> list[list]:
+    """The ranks for one clause, the top choice alone in the first (a pure function: tested without Ray)."""
+    in_flight = InFlight() if in_flight is None else in_flight
+
+    def queued(replica) -> int:
+        others = sum(n for sender, n in _stats(replica).get("awaiting_by_edge", {}).items() if sender != edge)
+        return others + in_flight[_id(replica)]
+
+    def standing(replica) -> tuple[bool, int, float]:
+        """Holders of the voice first, then the fewest queued; equals in random order, so bursts spread."""
+        return (not (voice and voice in _stats(replica).get("voices", ())), queued(replica), random.random())
+
+    usable = [r for r in replicas if _id(r) not in avoid]
+    shunned = [r for r in replicas if _id(r) in avoid]
+    pinned = [r for r in usable if prefer and _id(r) == prefer]
     rest = [r for r in usable if r not in pinned]
-    least = min((_queued(r) for r in rest), default=0)
-    near = [r for r in rest if _queued(r) <= least + SLACK]
-    holders = [r for r in near if voice and voice in _stats(r).get("voices", ())]
-    others = [r for r in near if r not in holders]
-    busier = [r for r in rest if r not in near]
-    shunned = [r for r in replicas if r.replica_id.unique_id in avoid]
-    # Ray Serve takes a rank's least loaded replica, the first of equals: in random order, clauses routed
-    # at the same moment (before any has counted on a replica's load) spread instead of all taking the first.
-    return [random.sample(rank, len(rank)) for rank in (pinned, holders, others, busier, shunned) if rank]
+    least = min((queued(r) for r in rest), default=0)
+    near = [r for r in rest if queued(r) <= least + SLACK]
+    busier = sorted((r for r in rest if r not in near), key=queued)
+
+    ordered = [*pinned, *sorted(near, key=standing), *busier]
+    if not ordered:
+        return [shunned] if shunned else []
+    return [rank for rank in ([ordered[0]], ordered[1:], shunned) if rank]
 
 
-def _queued(replica) -> int:
-    return _stats(replica).get("awaiting_first_audio", 0)
+def _id(replica) -> str:
+    return replica.replica_id.unique_id
 
 
 def _stats(replica) -> dict:

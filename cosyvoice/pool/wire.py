@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from cosyvoice.engine import SavedVoice, SpeechParams, SynthesisRequest
 from cosyvoice.timing import WordTiming
+
+
+# This process, as the replicas' reports name it: a router counts its own clauses fresh and the others' as reported.
+EDGE = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,13 @@ class ReplicaLoad:
     streams: int = 0  # clauses being spoken now
     awaiting_first_audio: int = 0  # of those, the ones with no audio yet: the queue a new clause joins
     voices: tuple[str, ...] = field(default=())  # saved voices whose prompt features it holds, most recent last
+    awaiting_by_edge: Mapping[str, int] = field(default_factory=dict)  # awaiting_first_audio by the edge that sent it
     served: int = 0
     cancelled: int = 0  # streams the edge cancelled before their end
     busy: int = 0  # the engine's own work in progress (busy workers, or sessions in its batch)
 
     def as_stats(self) -> dict:
-        return {"streams": self.streams, "awaiting_first_audio": self.awaiting_first_audio, "voices": list(self.voices)}
+        return {
+            "streams": self.streams, "awaiting_first_audio": self.awaiting_first_audio, "voices": list(self.voices),
+            "awaiting_by_edge": dict(self.awaiting_by_edge),
+        }  # fmt: skip
