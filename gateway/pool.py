@@ -45,7 +45,8 @@ def pool_application(settings: Settings):
     pool = settings.pool
     scaling = PoolScaling(
         min_replicas=pool.min_replicas, max_replicas=max(pool.max_replicas, pool.min_replicas),
-        target_ongoing_streams=pool.target_ongoing_streams, max_ongoing_streams=pool.max_ongoing_streams,
+        target_ongoing_streams=pool.target_ongoing_streams, target_queued_first_audio=pool.target_queued_first_audio,
+        max_ongoing_streams=pool.max_ongoing_streams,
         gpus_per_replica=pool.gpus_per_replica, cpus_per_replica=pool.cpus_per_replica,
         drain_seconds=pool.drain_seconds,
     )  # fmt: skip

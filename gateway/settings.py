@@ -73,6 +73,7 @@ class PoolSettings(Section):
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_streams: float = Field(8.0, gt=0)
+    target_queued_first_audio: float = Field(2.0, gt=0)
     max_ongoing_streams: int = Field(32, ge=1)
     gpus_per_replica: float = Field(0.0, ge=0)
     cpus_per_replica: float = Field(0.0, ge=0)

@@ -54,7 +54,10 @@ def settings_for(app: str, edge_url: str = "") -> Settings:
 @pytest.fixture(scope="module")
 def edges():
     """Two edges of one pool, each listing its sessions in the cluster's directory."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with pytest.MonkeyPatch.context() as env:
+        # Replicas report their autoscaling metrics every 10 s by default: the scaling test would wait minutes.
+        env.setenv("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(proxy_location="Disabled")
         serve.run(pool_application(settings_for(APP)), name=APP, route_prefix=None)
@@ -281,3 +284,84 @@ def test_a_burst_of_first_clauses_spreads_over_the_replicas() -> None:
     assert len(router) == 5 and router["a"] + router["b"] == 5
     router.forget("a")
     assert router["a"] == 0 and len(router) == router["b"]
+
+def one_at_a_time_voice():
+    """An engine factory whose engine speaks one clause at a time, a second each (its queue is first audio)."""
+
+    def make() -> Engine:
+        import asyncio
+
+        import numpy as np
+
+        from cosyvoice import Capabilities, Engine, Mode
+
+        class OneAtATime(Engine):
+            capabilities = Capabilities(
+                engine="serial", model="none", modes=frozenset({Mode.SFT}), sample_rate=16000,
+                voices=("joe",), default_voice="joe",
+            )  # fmt: skip
+
+            async def start(self) -> None:
+                self._turn = asyncio.Lock()
+                self._ready = True
+
+            async def close(self) -> None:
+                pass
+
+            async def _produce(self, request, emit) -> None:
+                async with self._turn:
+                    await asyncio.sleep(1.0)
+                    await emit(np.zeros(16000, np.float32))
+
+        return OneAtATime()
+
+    return make
+
+
+def test_the_pool_scales_out_on_queued_first_audio(edge: ServerThread) -> None:
+    """Streams alone (target 100 per replica) would never ask for a second replica; clauses waiting do."""
+    app = "fleet-autoscale"
+    scaling = PoolScaling(
+        min_replicas=1, max_replicas=2, target_ongoing_streams=100, target_queued_first_audio=1,
+        upscale_delay_s=0, downscale_delay_s=600,
+    )  # fmt: skip
+    serve.run(pool_application_of(one_at_a_time_voice(), scaling), name=app, route_prefix=None)
+    running = lambda: serve.status().applications[app].deployments["EngineReplica"].replica_states.get("RUNNING", 0)  # noqa: E731
+
+    async def load() -> None:
+        engine = PoolEngine(PoolOptions(app=app, stall_timeout=30))
+        await engine.start()
+        assert running() == 1
+
+        async def speak(text: str) -> None:
+            async for _ in engine.synthesize(SynthesisRequest(text=text)):
+                pass
+
+        talkers = [asyncio.ensure_future(speak(" ".join(["Hello there."] * 20))) for _ in range(4)]
+        try:
+            deadline = time.monotonic() + 45
+            while running() < 2:
+                assert time.monotonic() < deadline, "no second replica for four callers queued on one"
+                await asyncio.sleep(0.5)
+        finally:
+            for talker in talkers:
+                talker.cancel()
+            await asyncio.gather(*talkers, return_exceptions=True)
+
+    try:
+        asyncio.run(load())
+    finally:
+        serve.delete(app)
+
+
+def test_demand_asks_for_replicas_enough_for_streams_and_for_queued_first_audio() -> None:
+    from cosyvoice.pool.autoscaling import PoolDemand
+
+    demand = PoolDemand(target_streams=8, target_queued=2)
+    assert demand.replicas_for(streams=16, queued=0) == 2
+    assert demand.replicas_for(streams=4, queued=6) == 3, "callers waiting for first audio ask for more"
+    assert demand.replicas_for(streams=0, queued=0) == 0, "idle: down to the deployment's minimum"
+    reported = SimpleNamespace(aggregated_metrics={"streams": {"r1": 10.0, "r2": 6.0}, "awaiting_first_audio": {"r1": 1.0}})
+    assert demand(reported) == (2.0, {})
+    # Before the replicas' first report: Ray Serve's own ongoing requests stand in for streams.
+    assert demand(SimpleNamespace(aggregated_metrics=None, total_num_requests=24)) == (3.0, {})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from cosyvoice.pool.autoscaling import PoolDemand
 from cosyvoice.pool.replica import EngineFactory, EngineReplica
 from cosyvoice.pool.router import VoiceAffinityRouter
 
@@ -20,15 +21,17 @@ REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 class PoolScaling:
     """How many replicas, on what, and when to add or drop one.
 
-    With ``min_replicas == max_replicas`` the pool is fixed; otherwise Ray Serve scales it on each
-    replica's ongoing streams (``target_ongoing_streams``), an engine's batch being the unit of a GPU's
-    capacity. A replica scaled down stops taking new clauses and has ``drain_seconds`` to finish those
+    With ``min_replicas == max_replicas`` the pool is fixed; otherwise Ray Serve scales it on the
+    replicas' own demand (:class:`~cosyvoice.pool.autoscaling.PoolDemand`): enough replicas that neither
+    the streams per replica (``target_ongoing_streams``, an engine batch's worth) nor the clauses per
+    replica still waiting for first audio (``target_queued_first_audio``) is above its target. A replica scaled down stops taking new clauses and has ``drain_seconds`` to finish those
     it holds (clauses are seconds long; the edge moves an utterance's later clauses elsewhere).
     """
 
     min_replicas: int = 1
     max_replicas: int = 1
     target_ongoing_streams: float = 8.0
+    target_queued_first_audio: float = 2.0
     max_ongoing_streams: int = 32  # beyond it a replica takes no more; the router tries the next
     gpus_per_replica: float = 0.0  # 1 in production: one replica per GPU
     cpus_per_replica: float = 0.0  # the embedded voice's workers are processes of their own
@@ -50,6 +53,13 @@ def pool_application(make_engine: EngineFactory, scaling: PoolScaling = PoolScal
                 "min_replicas": scaling.min_replicas,
                 "max_replicas": scaling.max_replicas,
                 "target_ongoing_requests": scaling.target_ongoing_streams,
+                "policy": {
+                    "policy_function": PoolDemand,
+                    "policy_kwargs": {
+                        "target_streams": scaling.target_ongoing_streams,
+                        "target_queued": scaling.target_queued_first_audio,
+                    },
+                },
                 "upscale_delay_s": scaling.upscale_delay_s,
                 "downscale_delay_s": scaling.downscale_delay_s,
             }

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 
 from cosyvoice.engine import Capabilities, Engine
+from cosyvoice.pool.autoscaling import QUEUED, STREAMS
 from cosyvoice.pool.wire import ClauseJob, Header, Piece, ReplicaLoad
 
 log = logging.getLogger("cosyvoice.pool")
@@ -79,6 +80,10 @@ class EngineReplica:
             self._id, self._streams, self._awaiting.total(), tuple(self._held), dict(self._awaiting),
             served=self._served, cancelled=self._cancelled, busy=self._engine.busy,
         )  # fmt: skip
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve's autoscaler collects this from every replica for :class:`~cosyvoice.pool.autoscaling.PoolDemand`."""
+        return {STREAMS: float(self._streams), QUEUED: float(self._awaiting.total())}
 
     async def replica_id(self) -> str:
         return self._id
