@@ -4,7 +4,9 @@
    process and through a one-replica pool (the same engine behind a streaming handle), in turn, so
    both see the same load from whatever else runs; the p50 of what each pair's pool request added.
 2. Aggregate real-time streams: ``--streams`` concurrent requests of a long text, through a pool of
-   one replica and of two; audio seconds made per wall second (each replica runs one Piper worker).
+   one replica and of two; audio seconds made per wall second (each replica runs one Piper worker),
+   the clauses each replica served, and how busy the machine's cores and this edge were: where two
+   replicas give less than twice one, the busy cores say whether the machine was the limit.
 
     .venv/bin/python bench/fleet.py [--rounds 20] [--streams 4]
 """
