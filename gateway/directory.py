@@ -2,9 +2,9 @@
 
 Each edge publishes the ids of its live sessions to one detached Ray actor twice a second; a control
 request (``/v1/sessions/{id}...``, WHIP/WHEP ``DELETE``) for a session this edge does not hold is sent
-on, as it came (its key included: the owner checks it), to the edge that does. An edge that stops
-publishing (it died) drops out after ``EXPIRY`` seconds. Forwarded requests are never forwarded again.
-Not forwarded: the events WebSocket (``/v1/sessions/{id}/events`` over WebSocket; SSE is).
+on, as it came (its key included: the owner checks it), to the edge that does; the events WebSocket
+is relayed from the owner's (``gateway.relay``). An edge that stops publishing (it died) drops out
+after ``EXPIRY`` seconds. Forwarded requests are never forwarded again.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import httpx
 import ray
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.relay import relay_websocket
 from signaling.manager import SessionManager
 
 log = logging.getLogger("gateway.directory")
@@ -84,9 +85,14 @@ class SessionForwarding:
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        owner = await self._owner(scope) if scope["type"] == "http" else None
+        owner = await self._owner(scope) if scope["type"] in ("http", "websocket") else None
         if owner is None:
             await self.app(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"host", b"content-length")] + [(FORWARDED, b"1")]
+        url = owner + scope["path"] + ("?" + scope["query_string"].decode() if scope["query_string"] else "")
+        if scope["type"] == "websocket":  # http://edge -> ws://edge, https:// -> wss://
+            await relay_websocket("ws" + url.removeprefix("http"), headers, scope, receive, send)
             return
         body = b""
         while True:
@@ -94,9 +100,7 @@ class SessionForwarding:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        headers = [(k, v) for k, v in scope["headers"] if k not in (b"host", b"content-length")]
-        url = owner + scope["path"] + ("?" + scope["query_string"].decode() if scope["query_string"] else "")
-        request = self._client.build_request(scope["method"], url, headers=headers + [(FORWARDED, b"1")], content=body)
+        request = self._client.build_request(scope["method"], url, headers=headers, content=body)
         response = await self._client.send(request, stream=True)
         try:
             passed = [(k.lower().encode(), v.encode()) for k, v in response.headers.items()
