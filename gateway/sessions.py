@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -83,9 +84,33 @@ class SessionFactory:
             max_queued=settings.limits.max_queued_clauses,
             max_lead_seconds=settings.session.max_lead_seconds,
         )
+        self._sockets: list[str | None] = []  # the keys of the voice-agent sockets open now (None: no key)
 
     def parse_voice(self, fields: dict[str, Any], current: VoiceSettings) -> VoiceSettings:
         return SessionSpeech(self.synth, "").parse_voice(fields, current)
+
+    def hold_socket(self, owner: ApiKey | None) -> Callable[[], None]:
+        """Count a voice-agent socket (ElevenLabs, Cartesia) as a WebSocket session while it is open: against
+        ``limits.max_websocket_sessions`` and its key's ``max_sessions``. Returns its release (idempotent).
+
+        Raises ``Overloaded`` or ``RateLimited`` as :meth:`open` does.
+        """
+        self._admit(Transport.WEBSOCKET, owner)
+        key = owner.name if owner is not None else None
+        self._sockets.append(key)
+        held = [key]
+        return lambda: held and self._sockets.remove(held.pop())
+
+    def _admit(self, transport: Transport, owner: ApiKey | None) -> None:
+        """Refuse a session (or socket) beyond its capacity group's limit, its key's, or while the server drains."""
+        group = CapacityGroup.of(transport)
+        live = sum(self.manager.count(t) for t in group.transports)
+        self.admission.check_session(group, live + (len(self._sockets) if group is CapacityGroup.WEBSOCKET else 0))
+        if owner is not None and owner.max_sessions:
+            owned = sum(1 for s in self.manager.list() if s.owner == owner.name) + self._sockets.count(owner.name)
+            if owned >= owner.max_sessions:
+                self.metrics.rejects.labels(RejectReason.KEY_SESSIONS).inc()
+                raise RateLimited(f"key '{owner.name}' already has {owned} live sessions", retry_after=5)
 
     def open(
         self,
@@ -104,13 +129,7 @@ class SessionFactory:
         transport is at capacity, ``RateLimited`` when the key has all the
         sessions it may, ``ValueError`` for a duplicate id.
         """
-        group = CapacityGroup.of(transport)
-        self.admission.check_session(group, sum(self.manager.count(t) for t in group.transports))
-        if owner is not None and owner.max_sessions:
-            owned = sum(1 for s in self.manager.list() if s.owner == owner.name)
-            if owned >= owner.max_sessions:
-                self.metrics.rejects.labels(RejectReason.KEY_SESSIONS).inc()
-                raise RateLimited(f"key '{owner.name}' already has {owned} live sessions", retry_after=5)
+        self._admit(transport, owner)
         if session_id is not None and self.manager.get(session_id) is not None:
             raise ValueError(f"a session with id {session_id} is already live")
         caller = caller or (owner.caller if owner is not None else OPERATOR)

@@ -22,11 +22,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cosyvoice import EngineUnavailable, InvalidRequest, UnknownVoice
 from cosyvoice.text import ClauseOptions
-from gateway.admission import Admission, Overloaded, RateLimited
-from gateway.auth import caller_of
+from gateway.admission import Overloaded, RateLimited
+from gateway.auth import ApiKey, caller_of
 from gateway.dependencies import get_services
-from gateway.metrics import RejectReason
-from gateway.sessions import SessionSpeech
+from gateway.sessions import SessionFactory, SessionSpeech
 from gateway.streaming import SEND_TIMEOUT
 from gateway.synthesis import Synthesizer
 from media.containers import StreamEncoder, open_encoder
@@ -156,7 +155,8 @@ class ContextFactory:
     speech: SessionSpeech
     clause_options: ClauseOptions
     limits: SessionLimits
-    admission: Admission
+    sessions: SessionFactory
+    owner: ApiKey | None
 
     @classmethod
     def for_connection(cls, connection: HTTPConnection) -> ContextFactory:
@@ -164,12 +164,13 @@ class ContextFactory:
         sessions = services.session_factory
         synth = services.synthesizer.for_caller(caller_of(connection))
         speech = SessionSpeech(synth, Transport.WEBSOCKET)
-        return cls(speech, sessions.clause_options, sessions.limits, services.admission)
+        owner = connection.scope.get("state", {}).get("api_key")
+        return cls(speech, sessions.clause_options, sessions.limits, sessions, owner)
 
-    def admit(self) -> None:
-        """Refuse a new socket while the server shuts down (HTTP requests are refused by their synthesis slot)."""
-        if self.admission.draining:
-            raise Overloaded("the server is shutting down; connect again to another", reason=RejectReason.SHUTTING_DOWN)
+    def admit(self) -> Callable[[], None]:
+        """Admit the socket as one WebSocket session (refused at capacity, beyond its key's sessions, or while the
+        server shuts down; HTTP requests are refused by their synthesis slot). Returns its release."""
+        return self.sessions.hold_socket(self.owner)
 
     @property
     def synth(self) -> Synthesizer:

@@ -21,13 +21,15 @@ from tests.agent_checks import assert_engine_free
 
 KEYS = {"alice": "sk-alice-0123456789", "bob": "sk-bob-0123456789"}
 RAW = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 16000}
+CAROL = "sk-carol-0123456789"  # a key allowed one session at a time
 
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> ServerThread:
     tmp: Path = tmp_path_factory.mktemp("agent-keys")
     keys_file = tmp / "keys.toml"
-    keys_file.write_text("".join(f'[[keys]]\nkey = "{key}"\nname = "{name}"\n' for name, key in KEYS.items()))
+    keys = "".join(f'[[keys]]\nkey = "{key}"\nname = "{name}"\n' for name, key in KEYS.items())
+    keys_file.write_text(keys + f'[[keys]]\nkey = "{CAROL}"\nname = "carol"\nmax_sessions = 1\n')
     settings = Settings.model_validate(
         {"paths": {"data_dir": str(tmp / "data")}, "embedded": {"workers": 1}, "auth": {"keys_file": str(keys_file)}}
     )
@@ -153,3 +155,30 @@ def test_a_draining_server_refuses_new_sockets_in_each_dialect(keyed: ServerThre
         assert refused["error_code"] == "shutting_down" and closed.value.rcvd.code == 1013
     finally:
         keyed.app.state.admission.draining = False
+
+
+def test_a_voice_agent_socket_counts_as_one_of_its_keys_sessions(keyed: ServerThread) -> None:
+    """An open ElevenLabs or Cartesia socket holds a session's worth: carol (max_sessions = 1) gets no second one."""
+    base = keyed.url.replace("http://", "ws://")
+    with _elevenlabs(keyed, _builtin(keyed)) as held:
+        held.send(json.dumps({"text": " ", "xi_api_key": CAROL}))
+        held.send(json.dumps({"text": "Hello there."}))
+        held.send(json.dumps({"text": "", "flush": True}))
+        assert "audio" in json.loads(held.recv(timeout=30)), "the first socket speaks"
+        with _elevenlabs(keyed, _builtin(keyed)) as second:
+            second.send(json.dumps({"text": " ", "xi_api_key": CAROL}))
+            refused = json.loads(second.recv(timeout=10))
+        assert refused["error"] == "too_many_concurrent_requests" and "carol" in refused["message"]
+        with websockets.sync.client.connect(f"{base}/cartesia/tts/websocket?api_key={CAROL}") as second:
+            refused = json.loads(second.recv(timeout=10))
+            with pytest.raises(ConnectionClosed) as closed:
+                second.recv(timeout=5)
+        assert refused["error_code"] == "too_many_requests" and closed.value.rcvd.code == 1013
+        with websockets.sync.client.connect(f"{base}/ws/v1/session?api_key={CAROL}") as session, pytest.raises(ConnectionClosed):
+            while True:
+                session.recv(timeout=5)  # closed without a session.created
+    with websockets.sync.client.connect(f"{base}/cartesia/tts/websocket?api_key={CAROL}") as again:
+        again.send(_cartesia_request(_builtin(keyed)))
+        while (message := json.loads(again.recv(timeout=30)))["type"] not in ("done", "error"):
+            pass
+    assert message["type"] == "done", "closing the first socket gave its session back"

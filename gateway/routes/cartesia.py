@@ -27,6 +27,7 @@ from cosyvoice import AudioStream, SynthesisError, UnknownVoice, WordTiming
 from gateway.admission import Overloaded, RateLimited
 from gateway.audio import AudioStreamingResponse, StreamEndingResponse
 from gateway.auth import accept
+from gateway.metrics import RejectReason
 from gateway.voice_agents import (
     AgentSocket,
     BadFormat,
@@ -147,9 +148,11 @@ class _Connection:
         await accept(self.websocket)
         self.factory = ContextFactory.for_connection(self.websocket)
         try:
-            self.factory.admit()
-        except Overloaded as error:
-            await self.socket.send(_error_body(CartesiaError("shutting_down", str(error), 503), None))
+            release = self.factory.admit()
+        except (Overloaded, RateLimited) as error:
+            draining = isinstance(error, Overloaded) and error.reason is RejectReason.SHUTTING_DOWN
+            refusal = CartesiaError("shutting_down", str(error), 503) if draining else _classify(error)
+            await self.socket.send(_error_body(refusal, None))
             await self.websocket.close(CloseCode.TRY_AGAIN_LATER, reason=str(error)[:120])
             return
         try:
@@ -171,6 +174,7 @@ class _Connection:
         except (TimeoutError, OSError, RuntimeError):
             pass  # the client stopped reading or left mid-send
         finally:
+            release()
             self.socket.close_all()
 
     async def _handle(self, message: dict) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, WebSocket
@@ -110,6 +110,7 @@ class _Connection:
         self.closed_contexts: set[str] = set()
         self.voice: VoiceSettings | None = None  # set by the first message, once its key is known
         self.first = True
+        self.release: Callable[[], None] = lambda: None  # the socket's hold on a WebSocket session, once admitted
 
     async def run(self) -> None:
         await accept(self.websocket)
@@ -132,6 +133,7 @@ class _Connection:
         except (Malformed, ElevenLabsError, UnknownVoice, BadFormat, SynthesisError, Overloaded, RateLimited) as error:
             await self._fail(_classify(error))
         finally:
+            self.release()
             self.socket.close_all()
 
     async def _handle(self, message: dict) -> bool:
@@ -140,7 +142,7 @@ class _Connection:
             self.first = False
             await self._authenticate(message)
             self.factory = ContextFactory.for_connection(self.websocket)
-            self.factory.admit()
+            self.release = self.factory.admit()
             self.voice = self.factory.voice(self.voice_id, _speed(message.get("voice_settings")))
             _check_generation_config(message.get("generation_config"))
         if self.multi and message.get("close_socket") is True:
