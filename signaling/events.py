@@ -65,9 +65,8 @@ class EventHub:
     def subscribe(self, maxsize: int = 1000, *, limit: int | None = None) -> Subscription:
         """A new subscription. With ``limit`` it is a watcher (the control API's): refused when the
         session already has ``limit`` watchers; the transport's own subscriptions never count."""
-        watchers = sum(1 for subscription in self._subscribers if subscription.watcher)
-        if limit is not None and watchers >= limit:
-            raise TooManySubscribers(f"session {self.session_id} already has {watchers} event watchers")
+        if limit is not None and self.watchers >= limit:
+            raise TooManySubscribers(f"session {self.session_id} already has {self.watchers} event watchers")
         subscription = Subscription(self, maxsize)
         subscription.watcher = limit is not None
         if self.closed:
@@ -75,6 +74,11 @@ class EventHub:
         else:
             self._subscribers.add(subscription)
         return subscription
+
+    @property
+    def watchers(self) -> int:
+        """The control API's subscriptions open now."""
+        return sum(1 for subscription in self._subscribers if subscription.watcher)
 
     def stamped(self, message: E) -> E:
         """``message`` as this session's, now, not published: direct replies carry the same envelope as events."""

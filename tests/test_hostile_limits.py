@@ -264,3 +264,30 @@ def test_event_watchers_per_session_are_capped(tmp_path: Path) -> None:
         assert freed == 200, "a watcher that leaves makes room"
     finally:
         server.stop()
+
+
+def test_event_watchers_that_leave_a_quiet_session_free_their_places(tmp_path: Path) -> None:
+    """No event comes to find a closed watcher gone: reading its socket does, so a full session has room again."""
+    from gateway.routes.sessions import MAX_WATCHERS
+
+    server = replay_server(tmp_path)
+    ws_base = server.url.replace("http", "ws")
+
+    async def come_and_go() -> None:
+        async with websockets.connect(ws_base + "/ws/v1/session") as session_socket:
+            session_id = json.loads(await session_socket.recv())["session"]["session_id"]
+            events_url = f"{ws_base}/v1/sessions/{session_id}/events"
+            for _ in range(3):  # each round fills every place and leaves; nothing is said meanwhile
+                watchers = [await websockets.connect(events_url) for _ in range(MAX_WATCHERS)]
+                for watcher in watchers:
+                    await watcher.close()
+                session = server.app.state.sessions.get(session_id)
+                deadline = asyncio.get_running_loop().time() + 2
+                while session.events.watchers:
+                    assert asyncio.get_running_loop().time() < deadline, "closed watchers still hold their places"
+                    await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(come_and_go())
+    finally:
+        server.stop()

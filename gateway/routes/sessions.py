@@ -30,6 +30,7 @@ from gateway.streaming import SEND_TIMEOUT, BoundedStreamingResponse
 from gateway.ws_errors import close_code
 from signaling.closecodes import CloseCode
 from signaling.events import TooManySubscribers
+from signaling.lifecycle import race
 from signaling.protocol import ProtocolError
 from signaling.session import QueueFull, Session, SessionClosed, TextTooLong, Transport
 from signaling.websocket import AudioFormat, WebSocketTransport
@@ -155,13 +156,20 @@ async def events_ws(websocket: WebSocket, session_id: str) -> None:
     except TooManySubscribers as error:
         await websocket.close(code=close_code(error), reason=str(error)[:120])
         return
-    try:
+
+    async def forward() -> None:
         async for event in subscription:
             async with asyncio.timeout(SEND_TIMEOUT):  # a watcher that stopped reading is let go
                 await websocket.send_text(event.to_json())
         await websocket.close()
-    except Exception:
-        pass  # the watcher went away
+
+    async def listen() -> None:
+        """Nothing a watcher sends means anything; reading it notices the watcher leave on a quiet session."""
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    try:
+        await race(forward(), listen())  # whichever ends (or fails: the watcher went away) ends the other
     finally:
         subscription.close()
 
