@@ -19,6 +19,7 @@ import ray
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.relay import relay_websocket
+from gateway.streaming import SEND_TIMEOUT
 from signaling.manager import SessionManager
 
 log = logging.getLogger("gateway.directory")
@@ -94,21 +95,24 @@ class SessionForwarding:
         if scope["type"] == "websocket":  # http://edge -> ws://edge, https:// -> wss://
             await relay_websocket("ws" + url.removeprefix("http"), headers, scope, receive, send)
             return
-        body = b""
+        parts = []  # as long as the size limit outside lets through
         while True:
             message = await receive()
-            body += message.get("body", b"")
+            parts.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        request = self._client.build_request(scope["method"], url, headers=headers, content=body)
+        request = self._client.build_request(scope["method"], url, headers=headers, content=b"".join(parts))
         response = await self._client.send(request, stream=True)
         try:
             passed = [(k.lower().encode(), v.encode()) for k, v in response.headers.items()
                       if k.lower() not in ("content-length", "transfer-encoding", "connection")]  # fmt: skip
             await send({"type": "http.response.start", "status": response.status_code, "headers": passed})
             async for chunk in response.aiter_raw():  # SSE event streams pass through as they come
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                async with asyncio.timeout(SEND_TIMEOUT):  # a client that stopped reading is let go, as the owner would
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+        except TimeoutError:
+            log.info("forwarded %s: the client stopped reading; let go", scope["path"])
         finally:
             await response.aclose()
 
