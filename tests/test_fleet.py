@@ -16,16 +16,15 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from cosyvoice import Engine, EngineFailure, SynthesisRequest  # noqa: E402
-from cosyvoice.pool.app import PoolScaling  # noqa: E402
-from cosyvoice.pool.app import pool_application as pool_application_of  # noqa: E402
+from cosyvoice.pool.app import PoolScaling, pool_application  # noqa: E402
 from cosyvoice.pool.client import PoolEngine, PoolOptions  # noqa: E402
 from cosyvoice.pool.router import InFlight, rank_replicas  # noqa: E402
 from cosyvoice.pool.wire import EDGE  # noqa: E402
-from gateway.pool import pool_application  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-from support.servers import ServerThread, free_port  # noqa: E402
+from support.servers import ServerThread  # noqa: E402
 from support.waiting import wait_until  # noqa: E402
 from tests.audio_checks import assert_speech_like  # noqa: E402
+from tests.fleet_cluster import fleet  # noqa: E402
 from tests.test_ws_session import Listener  # noqa: E402
 
 APP = "fleet-test"
@@ -54,24 +53,10 @@ def settings_for(app: str, edge_url: str = "") -> Settings:
 @pytest.fixture(scope="module")
 def edges():
     """Two edges of one pool, each listing its sessions in the cluster's directory."""
-    with pytest.MonkeyPatch.context() as env:
-        # Replicas report their autoscaling metrics every 10 s by default: the scaling test would wait minutes.
-        env.setenv("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(proxy_location="Disabled")
-        serve.run(pool_application(settings_for(APP)), name=APP, route_prefix=None)
-        ports = free_port(), free_port()
-        edges = [
-            ServerThread(settings_for(APP, f"http://127.0.0.1:{port}"), port=port).start(ready_timeout=60)
-            for port in ports
-        ]
+    # Replicas report their autoscaling metrics every 10 s by default: the scaling test would wait minutes.
+    env = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
+    with fleet(APP, lambda url: settings_for(APP, url), env=env) as edges:
         yield edges
-        for server in edges:
-            server.stop()
-        serve.shutdown()
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture
@@ -219,7 +204,7 @@ def broken_voice():
 
 
 def test_a_replica_whose_engine_fails_gives_a_synthesis_error_not_a_ray_error(edge: ServerThread) -> None:
-    serve.run(pool_application_of(broken_voice(), PoolScaling()), name="fleet-broken", route_prefix=None)
+    serve.run(pool_application(broken_voice(), PoolScaling()), name="fleet-broken", route_prefix=None)
 
     async def speak() -> None:
         engine = PoolEngine(PoolOptions(app="fleet-broken", stall_timeout=5))
@@ -325,7 +310,7 @@ def test_the_pool_scales_out_on_queued_first_audio(edge: ServerThread) -> None:
         min_replicas=1, max_replicas=2, target_ongoing_streams=100, target_queued_first_audio=1,
         upscale_delay_s=0, downscale_delay_s=600,
     )  # fmt: skip
-    serve.run(pool_application_of(one_at_a_time_voice(), scaling), name=app, route_prefix=None)
+    serve.run(pool_application(one_at_a_time_voice(), scaling), name=app, route_prefix=None)
     running = lambda: serve.status().applications[app].deployments["EngineReplica"].replica_states.get("RUNNING", 0)  # noqa: E731
 
     async def load() -> None:

@@ -16,10 +16,10 @@ from websockets.sync.client import ClientConnection, connect
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from gateway.pool import pool_application  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-from support.servers import ServerThread, free_port  # noqa: E402
+from support.servers import ServerThread  # noqa: E402
 from support.waiting import wait_until  # noqa: E402
+from tests.fleet_cluster import fleet  # noqa: E402
 from tests.test_ws_session import Listener  # noqa: E402
 
 APP = "fleet-events"  # not test_fleet.py's: the two may run at once
@@ -39,21 +39,8 @@ def settings_for(edge_url: str = "") -> Settings:
 @pytest.fixture(scope="module")
 def edges():
     """Two edges of one pool, each listing its sessions in the cluster's directory."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(proxy_location="Disabled")
-        serve.run(pool_application(settings_for()), name=APP, route_prefix=None)
-        ports = free_port(), free_port()
-        edges = [
-            ServerThread(settings_for(f"http://127.0.0.1:{port}"), port=port).start(ready_timeout=60)
-            for port in ports
-        ]
+    with fleet(APP, settings_for) as edges:
         yield edges
-        for server in edges:
-            server.stop()
-        serve.shutdown()
-    finally:
-        ray.shutdown()
 
 
 def open_session(owner: ServerThread, other: ServerThread) -> Listener:
