@@ -177,15 +177,16 @@ def test_a_session_on_one_edge_is_steered_through_the_other(edges: list[ServerTh
     assert httpx.get(f"{other.url}/v1/sessions/unknown-session").status_code == 404
 
 
-def broken_voice():
-    """An engine factory whose engine fails every clause (nested, so Ray pickles it by value)."""
+def scripted_voice(produce):
+    """An engine factory whose engine's clauses are ``produce(engine, request, emit)`` (nested, so Ray pickles
+    the factory and the function by value)."""
 
     def make() -> Engine:
         from cosyvoice import Capabilities, Engine, Mode  # a class body's names are not pickled with it
 
-        class Broken(Engine):
+        class Scripted(Engine):
             capabilities = Capabilities(
-                engine="broken", model="none", modes=frozenset({Mode.SFT}), sample_rate=16000,
+                engine="scripted", model="none", modes=frozenset({Mode.SFT}), sample_rate=16000,
                 voices=("joe",), default_voice="joe",
             )  # fmt: skip
 
@@ -196,11 +197,20 @@ def broken_voice():
                 pass
 
             async def _produce(self, request, emit) -> None:
-                raise RuntimeError("the voice broke")
+                await produce(self, request, emit)
 
-        return Broken()
+        return Scripted()
 
     return make
+
+
+def broken_voice():
+    """A voice that fails every clause."""
+
+    async def fail(engine, request, emit) -> None:
+        raise RuntimeError("the voice broke")
+
+    return scripted_voice(fail)
 
 
 def test_a_replica_whose_engine_fails_gives_a_synthesis_error_not_a_ray_error(edge: ServerThread) -> None:
@@ -271,36 +281,20 @@ def test_a_burst_of_first_clauses_spreads_over_the_replicas() -> None:
     assert router["a"] == 0 and len(router) == router["b"]
 
 def one_at_a_time_voice():
-    """An engine factory whose engine speaks one clause at a time, a second each (its queue is first audio)."""
+    """A voice that speaks one clause at a time, a second each: what waits for it is queued first audio."""
 
-    def make() -> Engine:
+    async def in_turn(engine, request, emit) -> None:
         import asyncio
 
         import numpy as np
 
-        from cosyvoice import Capabilities, Engine, Mode
+        if not hasattr(engine, "turn"):
+            engine.turn = asyncio.Lock()
+        async with engine.turn:
+            await asyncio.sleep(1.0)
+            await emit(np.zeros(16000, np.float32))
 
-        class OneAtATime(Engine):
-            capabilities = Capabilities(
-                engine="serial", model="none", modes=frozenset({Mode.SFT}), sample_rate=16000,
-                voices=("joe",), default_voice="joe",
-            )  # fmt: skip
-
-            async def start(self) -> None:
-                self._turn = asyncio.Lock()
-                self._ready = True
-
-            async def close(self) -> None:
-                pass
-
-            async def _produce(self, request, emit) -> None:
-                async with self._turn:
-                    await asyncio.sleep(1.0)
-                    await emit(np.zeros(16000, np.float32))
-
-        return OneAtATime()
-
-    return make
+    return scripted_voice(in_turn)
 
 
 def test_the_pool_scales_out_on_queued_first_audio(edge: ServerThread) -> None:
