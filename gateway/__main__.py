@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import logging
 import os
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app, drain
-from gateway.connections import HeadDeadlineProtocol
+from gateway.connections import server_options
 from gateway.redaction import RedactSecrets
 from gateway.request_id import RequestIdLogFilter
 from gateway.settings import SettingsError, load_settings
@@ -88,10 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     server = settings.server
     config = uvicorn.Config(
-        app, host=server.host, port=server.port, log_level=server.log_level, log_config=log_config(),
-        http=functools.partial(HeadDeadlineProtocol, head_timeout=server.request_head_timeout),
-        limit_concurrency=server.max_connections, ws_per_message_deflate=server.websocket_compression,
-    )  # fmt: skip
+        app, host=server.host, port=server.port, log_level=server.log_level, log_config=log_config(), **server_options(server)
+    )
     GatewayServer(config, app, settings.server.shutdown_grace).run()
 
 

@@ -14,12 +14,24 @@ the WebSocket handshake's config timeout).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.settings import ServerSettings
+
 log = logging.getLogger(__name__)
+
+
+def server_options(server: ServerSettings) -> dict[str, Any]:
+    """uvicorn's connection options from ``[server]``: the command line's server and the tests' alike."""
+    return {
+        "http": functools.partial(HeadDeadlineProtocol, head_timeout=server.request_head_timeout),
+        "limit_concurrency": server.max_connections,
+        "ws_per_message_deflate": server.websocket_compression,
+    }
 
 
 class HeadDeadlineProtocol(HttpToolsProtocol):

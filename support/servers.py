@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 
 from gateway.app import create_app
+from gateway.connections import server_options
 from gateway.settings import Settings
 from support.waiting import wait_until
 
@@ -36,11 +37,13 @@ class ServerThread:
     """
 
     def __init__(self, settings: Settings | None = None, *, port: int | None = None, **app_options: Any) -> None:
-        self.app = create_app(settings or Settings(), **app_options)
+        settings = settings or Settings()
+        self.app = create_app(settings, **app_options)
         self.port = port or free_port()  # a port of one's own: for settings that name the server's URL
         self.url = f"http://127.0.0.1:{self.port}"
+        options = server_options(settings.server)  # as `python -m gateway` serves
         self._server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **options)
         )
         self._thread = threading.Thread(target=self._serve, name="gateway-server", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
