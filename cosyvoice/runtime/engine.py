@@ -40,7 +40,7 @@ from cosyvoice.runtime.session import END, LLM_DONE, Session, TextFeed
 from cosyvoice.runtime.tokens import TorchTokens
 from cosyvoice.text import ClauseOptions, split_clauses
 from cosyvoice.text_stream import TextStream
-from cosyvoice.timing import spread, word_spans
+from cosyvoice.timing import WordTiming, spread, word_spans
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,15 @@ TOKEN_RATES = {1: 50, 2: 25, 3: 25}  # speech tokens per second of audio, by mod
 
 
 @dataclass(frozen=True)
-class _ClauseWords:
-    """A clause's words: their spans in the request's text and their text tokens, to share its audio out by."""
+class _Words:
+    """Words of a stretch of text: their spans in the whole text and their text tokens, to share its audio out by."""
 
     spans: tuple[tuple[int, int], ...] = ()
     weights: tuple[int, ...] = ()
+
+    def timed(self, text: str, start_s: float, seconds: float) -> list[WordTiming]:
+        """The words' estimated timings in ``seconds`` of audio from ``start_s`` (``text``: the whole text)."""
+        return spread(text, self.spans, self.weights, start_s, start_s + seconds)
 
 
 @dataclass(frozen=True)
@@ -237,10 +241,8 @@ class CosyVoiceEngine(Engine):
                     if item is LLM_DONE:  # the next clause's LLM can start while this one renders
                         if len(started) == index + 1 < len(texts):
                             begin(texts[index + 1])
-                        # Every speech token is known, so the clause's length is: its words share it by text tokens.
-                        seconds = len(session.tokens) / TOKEN_RATES[self.components.generation] / request.speed
-                        clause = words[index]
-                        timed = spread(request.text, clause.spans, clause.weights, clause_start, clause_start + seconds)
+                        # every speech token is known, so the clause's length is: its words share it
+                        timed = words[index].timed(request.text, clause_start, self._seconds(session, request))
                         if timed:
                             timed_until = timed[-1].end_s
                             await emit(np.zeros(0, np.float32), timed)
@@ -262,7 +264,9 @@ class CosyVoiceEngine(Engine):
     def synthesize_text_stream(self, request: SynthesisRequest, text: TextStream) -> AudioStream:
         """Speak ``request.text`` and then every piece of ``text`` as one utterance (one decoding), the
         model taking text as it asks for it. Pieces are tokenized as they come and not normalized (a
-        number split across pieces would be read wrong), as upstream does."""
+        number split across pieces would be read wrong), as upstream does. Word timings (estimated, the
+        whole audio shared by all the words) come once the last speech token is known; they index
+        ``request.text`` and the pieces joined."""
         if not self._ready:
             raise EngineUnavailable("engine 'cosyvoice' is not ready")
         if not self._capabilities.text_streaming:
@@ -276,11 +280,13 @@ class CosyVoiceEngine(Engine):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         session: Session | None = None
+        fed = [request.text]  # all text fed, in order: the word timings index it joined
 
         async def pump(feed: TextFeed, device: torch.device) -> None:
             feed.pieces.append(self._text_ids(request.text, device))
             self.scheduler.wake()
             async for piece in text.pieces():
+                fed.append(piece)
                 feed.pieces.append(self._text_ids(piece, device))
                 self.scheduler.wake()
             feed.closed = True
@@ -299,7 +305,12 @@ class CosyVoiceEngine(Engine):
             while (item := await queue.get()) is not END:
                 if isinstance(item, BaseException):
                     raise item
-                if item is not LLM_DONE:
+                if item is LLM_DONE:  # every speech token is known, and (closed before the last) all the text
+                    whole = "".join(fed)
+                    words = await loop.run_in_executor(self._executor, self._words, whole)
+                    if timed := words.timed(whole, 0.0, self._seconds(session, request)):
+                        await emit(np.zeros(0, np.float32), timed)
+                else:
                     await emit(item)
         except (asyncio.CancelledError, InvalidRequest):
             raise
@@ -335,24 +346,32 @@ class CosyVoiceEngine(Engine):
             session.tokens, session.llm_done = piece, True
         return session
 
-    def _prepare_timed(self, request: SynthesisRequest) -> tuple[ModeInputs, list[Piece], list[_ClauseWords]]:
+    def _prepare_timed(self, request: SynthesisRequest) -> tuple[ModeInputs, list[Piece], list[_Words]]:
         """:meth:`_prepare`, and each clause's words (none for voice conversion, which has no text)."""
         if request.mode is Mode.VC:
             prompt, texts = self._prepare(request)
-            return prompt, texts, [_ClauseWords()]
+            return prompt, texts, [_Words()]
         clauses = self._pieces(request)
         prompt, texts = self._prepare(request, clauses)
         words, cursor = [], 0
         for clause in clauses:
             at = request.text.find(clause, cursor)  # a clause the normalizer rewrote has no place in the text
             if at < 0:
-                words.append(_ClauseWords())
+                words.append(_Words())
                 continue
             cursor = at + len(clause)
-            spans = tuple((at + first, at + last) for first, last in word_spans(clause))
-            weights = tuple(max(1, len(self.components.tokenizer.encode(request.text[a:b]))) for a, b in spans)
-            words.append(_ClauseWords(spans, weights))
+            words.append(self._words(request.text, at, cursor))
         return prompt, texts, words
+
+    def _words(self, text: str, start: int = 0, end: int | None = None) -> _Words:
+        """The words of ``text[start:end]``, with their spans in ``text``, weighed by their text tokens."""
+        spans = tuple((start + first, start + last) for first, last in word_spans(text[start:end]))
+        weights = tuple(max(1, len(self.components.tokenizer.encode(text[a:b]))) for a, b in spans)
+        return _Words(spans, weights)
+
+    def _seconds(self, session: Session, request: SynthesisRequest) -> float:
+        """The audio a session's speech tokens make, known once its LLM is done."""
+        return len(session.tokens) / TOKEN_RATES[self.components.generation] / request.speed
 
     def _prepare(self, request: SynthesisRequest, pieces: list[str] | None = None) -> tuple[ModeInputs, list[Piece]]:
         """The mode inputs and the pieces to speak (runs on the frontend thread)."""

@@ -19,6 +19,10 @@ from cosyvoice.engine import Mode, SynthesisRequest
 from cosyvoice.errors import UnsupportedMode
 from cosyvoice.model.bistream import MIX_SPEECH, Phase, TextFedDecoding
 from cosyvoice.text_stream import TextStream, TextStreamingEngine
+from cosyvoice.timing import TimingSource, WordTiming, word_spans
+from signaling.messages import UtteranceCancelled, Word
+from signaling.session import Session, SessionLimits, Transport
+from support.waiting import until
 from tests.cosyvoice.test_parity import llm_bound, max_error
 from tests.cosyvoice.conftest import FIXTURES
 from tools.cosyvoice_reference_fixtures_check import fingerprint
@@ -161,10 +165,12 @@ async def engine(model_dirs):
     await engine.close()
 
 
-async def speak(engine, delay: float) -> list[np.ndarray]:
-    """PIECES through a TextStream, the later ones ``delay`` seconds apart while the audio plays."""
+async def speak(engine, delay: float, speed: float = 1.0) -> tuple[list[np.ndarray], list[WordTiming]]:
+    """PIECES through a TextStream, the later ones ``delay`` seconds apart while the audio plays: its
+    audio and its word timings."""
     text = TextStream()
-    stream = engine.synthesize_text_stream(SynthesisRequest(text=PIECES[0], mode=Mode.SFT, seed=7), text)
+    request = SynthesisRequest(text=PIECES[0], mode=Mode.SFT, seed=7, speed=speed)
+    stream = engine.synthesize_text_stream(request, text)
 
     async def writer() -> None:
         for piece in PIECES[1:]:
@@ -175,15 +181,16 @@ async def speak(engine, delay: float) -> list[np.ndarray]:
     task = asyncio.create_task(writer())
     chunks = [chunk async for chunk in stream]
     await task
-    return chunks
+    return chunks, list(stream.words)
 
 
 async def test_one_decoding_for_the_whole_reply_whatever_the_text_timing(engine):
     """Text goes in when the model asks for it, so when it arrives does not change the speech: the
     reply's tokens are those of one text-fed decoding of all its pieces (960 samples per token)."""
-    chunks = await speak(engine, 0.0)
-    at_once, trickled = np.concatenate(chunks), np.concatenate(await speak(engine, 0.05))
-    assert np.array_equal(at_once, trickled)
+    chunks, _ = await speak(engine, 0.0)
+    trickled, _ = await speak(engine, 0.05)
+    at_once = np.concatenate(chunks)
+    assert np.array_equal(at_once, np.concatenate(trickled))
     # tokens come only as fast as the text: each chunk leaves as soon as it is solved (one 25-token
     # flow chunk, 24000 samples), not in the growing hops of a clause whose LLM runs ahead
     assert len(chunks) > 4 and max(len(c) for c in chunks[:-1]) <= 25 * 960
@@ -196,6 +203,23 @@ async def test_one_decoding_for_the_whole_reply_whatever_the_text_timing(engine)
     while not decoding.done:
         decoding.step()
     assert decoding.spoken > 0 and len(at_once) == 960 * decoding.spoken
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.5])
+async def test_a_streamed_reply_times_every_word_it_was_fed(engine, speed):
+    """Once the last speech token is known, the whole text fed (the request's, then each piece) shares
+    the whole audio out by text tokens, as a clause's does: every word, in order, within the audio."""
+    chunks, words = await speak(engine, 0.01, speed)
+    text = "".join(PIECES)
+    seconds = sum(len(c) for c in chunks) / engine.capabilities.sample_rate
+    assert [(w.char_start, w.char_end) for w in words] == word_spans(text)
+    assert all(w.text == text[w.char_start : w.char_end] and w.source is TimingSource.ESTIMATED for w in words)
+    assert words[0].start_s == 0.0
+    for word, following in zip(words, words[1:]):
+        assert word.start_s < word.end_s <= following.start_s + 1e-9  # float sums of the shares
+    # The tokens give the length: exactly (960 samples each) at speed 1; at 1.5 each 25-token flow chunk rounds
+    # its mel frames (13 ms over this reply's 15 chunks), so within a few 20 ms frames.
+    assert abs(words[-1].end_s - seconds) < 0.05, (words[-1].end_s, seconds)
 
 
 async def test_text_streaming_is_refused_where_unsupported(engine, model_dirs):
@@ -214,28 +238,30 @@ async def test_text_streaming_is_refused_where_unsupported(engine, model_dirs):
         await v1.close()
 
 
+class EngineSpeech:
+    """A session's speech source on the real engine: clauses counted, text streamed."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.clauses = 0
+
+    def check(self, voice):
+        pass
+
+    def open(self, text, voice):
+        self.clauses += 1
+        return self.engine.synthesize(SynthesisRequest(text=text, mode=Mode.SFT, seed=7))
+
+    def streams_text(self, voice):
+        return self.engine.capabilities.text_streaming
+
+    def open_text(self, text, voice, more):
+        return self.engine.synthesize_text_stream(SynthesisRequest(text=text, mode=Mode.SFT, seed=7), more)
+
+
 async def test_a_session_speaks_a_streamed_reply_as_one_decoding(engine):
     """A session with text_streaming on the real engine: the words said one by one become one
     decoding of all of them (its token count sets the audio's length), with no clause request."""
-    from signaling.session import Session, SessionLimits, Transport
-    from support.waiting import until
-
-    class EngineSpeech:
-        clauses = 0
-
-        def check(self, voice):
-            pass
-
-        def open(self, text, voice):
-            self.clauses += 1
-            return engine.synthesize(SynthesisRequest(text=text, mode=Mode.SFT, seed=7))
-
-        def streams_text(self, voice):
-            return engine.capabilities.text_streaming
-
-        def open_text(self, text, voice, more):
-            return engine.synthesize_text_stream(SynthesisRequest(text=text, mode=Mode.SFT, seed=7), more)
-
     lm = engine.components.llm
     empty = torch.zeros(0, dtype=torch.long)
     decoding = TextFedDecoding(lm, empty, empty, seed=7)
@@ -245,7 +271,7 @@ async def test_a_session_speaks_a_streamed_reply_as_one_decoding(engine):
     while not decoding.done:
         decoding.step()
 
-    speech = EngineSpeech()
+    speech = EngineSpeech(engine)
     limits = SessionLimits(max_lead_seconds=600)  # nobody plays the buffer out here: no backpressure
     session = Session(speech, transport=Transport.WEBSOCKET, output_rate=24000, text_streaming=True, limits=limits)
     for piece in PIECES:
@@ -256,3 +282,34 @@ async def test_a_session_speaks_a_streamed_reply_as_one_decoding(engine):
     await asyncio.sleep(0.1)
     assert utterance.audio_samples == 960 * decoding.spoken and speech.clauses == 0
     await session.close()
+
+
+async def test_a_session_hears_a_streamed_reply_word_by_word(engine):
+    """Its words reach the session once the reply's LLM is done: ``word`` events as their audio plays,
+    placed in the utterance's text (after what came before the stream), and a ``heard_text`` at a cut."""
+    session = Session(EngineSpeech(engine), transport=Transport.WEBSOCKET, output_rate=24000, text_streaming=True,
+                      limits=SessionLimits(max_lead_seconds=600))  # nobody plays the buffer out: no backpressure
+    events = session.events.subscribe()
+    utterance = session.say("... ")  # punctuation alone waits: the stream starts after it, at char 4
+    for piece in PIECES:
+        session.say(piece)
+        await asyncio.sleep(0.01)
+    session.flush()  # closes the text: the LLM can finish
+    await until(lambda: utterance.words, 60, "the reply's word timings")
+    half = round(utterance.words[-1].end_s * 24000 / 2)
+    await until(lambda: utterance.audio_samples >= half, 60, "half the reply's audio")
+    while utterance.played_samples < half:
+        session.on_frame(session.buffer.read(480))
+    session.cancel()
+    await session.close()
+    received = [event async for event in events]
+    words = [event for event in received if isinstance(event, Word)]
+    text = utterance.text
+    assert text == "... " + "".join(PIECES)
+    spans = [(start + 4, end + 4) for start, end in word_spans("".join(PIECES))]
+    played = [(w.char_start, w.char_end) for w in utterance.words if w.start_s < half / 24000]
+    assert [(w.char_start, w.char_end) for w in words] == played and spans[: len(played)] == played
+    assert all(w.word == text[w.char_start : w.char_end] for w in words)
+    (cancelled,) = [event for event in received if isinstance(event, UtteranceCancelled)]
+    heard = cancelled.summary.heard_text
+    assert heard is not None and heard == text[: played[-1][1]] and 0 < len(played) < len(spans)
