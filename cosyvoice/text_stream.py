@@ -23,11 +23,13 @@ class TextStream:
     def __init__(self) -> None:
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.closed = False
+        self.text = ""  # every piece appended, joined
 
     def append(self, text: str) -> None:
         if self.closed:
             raise ValueError("the text stream is closed")
         if text:
+            self.text += text
             self._queue.put_nowait(text)
 
     def close(self) -> None:

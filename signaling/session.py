@@ -473,6 +473,8 @@ class Session:
                 # one stream for the whole utterance: backpressure inside it
                 pace=self._wait_for_listener if job.more is not None else None,
             )  # fmt: skip
+            if job.more is not None:  # its pieces followed its first text: the next clause comes after them
+                utterance.text_cursor += len(job.more.text)
         except SynthesisError as error:
             self._fail(utterance, error)
 

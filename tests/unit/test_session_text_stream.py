@@ -13,13 +13,15 @@ import numpy as np
 
 from cosyvoice import AudioStream
 from cosyvoice.text_stream import TextStream
+from cosyvoice.timing import spread, word_spans
 from signaling.session import Session, Transport, VoiceSettings
 from support.waiting import until
 from tests.unit.scripted import CHUNK, RATE, Script
 
 
 class StreamingScript(Script):
-    """:class:`Script`, and text streams whose pieces it records (one chunk per piece)."""
+    """:class:`Script`, and text streams whose pieces it records (one chunk per piece); once its text is
+    closed, a stream times its words (one unit each) over its audio."""
 
     def __init__(self, streams: bool = True) -> None:
         super().__init__()
@@ -38,6 +40,9 @@ class StreamingScript(Script):
             async for piece in more.pieces():
                 pieces.append(piece)
                 await emit(np.full(CHUNK, float(len(pieces)), np.float32))
+            whole = "".join(pieces)
+            spans = word_spans(whole)
+            await emit(np.zeros(0, np.float32), spread(whole, spans, [1] * len(spans), 0.0, len(pieces) * CHUNK / RATE))
 
         return AudioStream(RATE, produce)
 
@@ -64,6 +69,21 @@ async def test_a_mark_ends_the_stream_and_the_next_text_opens_another():
     session.say("then the rest.", flush=True)
     await until(lambda: len(script.streamed) == 2 and session.buffer.buffered >= 2 * CHUNK, 2, "two streams")
     assert script.streamed == [["First part of it, "], ["then the rest."]]
+    await session.close()
+
+
+async def test_the_words_of_a_stream_after_a_mark_follow_the_first_stream_s_text():
+    """A stream's pieces are text spoken: the next stream's text is looked for after them, not inside them."""
+    script = StreamingScript()
+    session = Session(script, transport=Transport.WEBSOCKET, output_rate=RATE, text_streaming=True)
+    utterance = session.say("First, ")
+    session.say("say it again. ")
+    await until(lambda: script.streamed and len(script.streamed[0]) == 2, 2, "the second piece")
+    session.mark("m1")
+    session.say("say it again.", flush=True)
+    await until(lambda: len(script.streamed) == 2 and session.buffer.buffered >= 3 * CHUNK, 2, "two streams")
+    await until(lambda: len(utterance.words) == len(word_spans(utterance.text)), 2, "both streams' words")
+    assert [(w.char_start, w.char_end) for w in utterance.words] == word_spans(utterance.text)
     await session.close()
 
 
