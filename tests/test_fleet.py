@@ -280,6 +280,20 @@ def test_a_burst_of_first_clauses_spreads_over_the_replicas() -> None:
     router.forget("a")
     assert router["a"] == 0 and len(router) == router["b"]
 
+
+async def test_a_clause_cancelled_before_it_was_routed_leaves_no_count() -> None:
+    """Ray Serve reports completion only for requests it sent: one cancelled while routing is swept instead."""
+    router = InFlight()
+    cancelled, routed = (SimpleNamespace(future=asyncio.get_running_loop().create_future()) for _ in range(2))
+    router.add("gone", "a", cancelled)
+    router.add("sent", "a", routed)
+    cancelled.future.cancel()
+    routed.future.set_result("replica a")
+    router.sweep()
+    assert router["a"] == 1, "the cancelled one is dropped; the routed one counts until it completes"
+    router.remove("sent")
+    assert router["a"] == 0 and len(router) == 0
+
 def one_at_a_time_voice():
     """A voice that speaks one clause at a time, a second each: what waits for it is queued first audio."""
 

@@ -35,19 +35,31 @@ class InFlight:
 
     def __init__(self) -> None:
         self._replica_of: dict[str, str] = {}  # request id -> replica id
+        self._pending: dict[str, PendingRequest] = {}  # request id -> the request, while Ray Serve routes it
         self._counts: Counter[str] = Counter()
 
-    def add(self, request: str, replica: str) -> None:
+    def add(self, request: str, replica: str, pending: PendingRequest | None = None) -> None:
         self.remove(request)  # a request routed again (its replica was full) counts once
         self._replica_of[request] = replica
         self._counts[replica] += 1
+        if pending is not None:
+            self._pending[request] = pending
 
     def remove(self, request: str) -> None:
+        self._pending.pop(request, None)
         replica = self._replica_of.pop(request, None)
         if replica is not None:
             self._counts[replica] -= 1
             if not self._counts[replica]:
                 del self._counts[replica]
+
+    def sweep(self) -> None:
+        """Drop the requests cancelled before they were routed: no replica will report them completed."""
+        for request, pending in list(self._pending.items()):
+            if pending.future.cancelled():
+                self.remove(request)
+            elif pending.future.done():
+                del self._pending[request]  # routed: its completion will be reported
 
     def forget(self, replica: str) -> None:
         """A replica died: its clauses will not end through it."""
@@ -69,6 +81,7 @@ class VoiceAffinityRouter(RequestRouter):
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
         hints = pending_request.kwargs if pending_request is not None else {}
+        self.in_flight.sweep()
         ranks = rank_replicas(
             candidate_replicas,
             voice=hints.get("voice", ""),
@@ -77,7 +90,8 @@ class VoiceAffinityRouter(RequestRouter):
             in_flight=self.in_flight,
         )
         if ranks and pending_request is not None:
-            self.in_flight.add(pending_request.metadata.internal_request_id, ranks[0][0].replica_id.unique_id)
+            request = pending_request.metadata.internal_request_id
+            self.in_flight.add(request, ranks[0][0].replica_id.unique_id, pending_request)
         return ranks
 
     def on_request_completed(self, replica_id, internal_request_id: str) -> None:
