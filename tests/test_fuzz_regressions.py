@@ -94,3 +94,16 @@ def test_streamed_v1_tts_content_type_is_documented(gateway: ServerThread) -> No
     documented = httpx.get(gateway.url + "/openapi.json").json()["paths"]["/v1/tts"]["post"]["responses"]["200"]["content"]
     response = httpx.post(gateway.url + "/v1/tts", json={"text": "Hi there.", "stream": True}, timeout=30)
     assert response.headers["content-type"] in documented
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/tts", {"text": "Hi.", "seed": True}), ("/v1/tts", {"text": "Hi.", "speed": True}),
+     ("/v1/tts", {"text": "Hi.", "stream": "yes"}), ("/tts", {"tts_text": "Hi.", "spk_id": "joe", "seed": True}),
+     ("/v1/audio/speech", {"model": "tts-1", "input": "Hi.", "voice": "joe", "speed": "1.5"})],
+)  # fmt: skip
+def test_numbers_and_switches_are_not_coerced_from_other_types(gateway: ServerThread, path: str, body: dict) -> None:
+    """`"seed": true` was spoken as seed 1 (a 200 where the schema says integer): lax coercion, now refused."""
+    refused = httpx.post(gateway.url + path, json=body, timeout=30)
+    assert refused.status_code in (400, 422), refused.text[:200]
+    assert httpx.post(gateway.url + "/v1/tts", json={"text": "Hi.", "seed": 7, "speed": 1}, timeout=30).status_code == 200

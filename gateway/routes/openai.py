@@ -17,7 +17,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat
 
 from cosyvoice import AudioStream, Mode, SpeechParams, UnsupportedMode
 from gateway.audio import AudioStreamingResponse
@@ -52,7 +52,7 @@ class SpeechRequest(BaseModel):
     voice: str | VoiceRef
     instructions: str | None = None
     response_format: FORMATS = "mp3"
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    speed: StrictFloat = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] = "audio"
 
 

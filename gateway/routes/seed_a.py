@@ -6,7 +6,7 @@ import base64
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt
 
 from cosyvoice import Mode, SpeechParams
 from cosyvoice.voices import VoiceScope
@@ -21,9 +21,9 @@ router = APIRouter(tags=["seed A (api.py)"])
 
 class Common(BaseModel):
     tts_text: str
-    stream: bool = False
-    speed: float = Field(1.0, ge=0.5, le=2.0)
-    seed: int = Field(0, ge=0)
+    stream: StrictBool = False
+    speed: StrictFloat = Field(1.0, ge=0.5, le=2.0)
+    seed: StrictInt = Field(0, ge=0)
 
     def params(self, **how) -> SpeechParams:
         """This request's speed and seed with the route's voice and mode."""

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool
 from starlette.requests import HTTPConnection
 
 from cosyvoice import InvalidRequest
@@ -44,7 +44,7 @@ MAX_WATCHERS = 16
 
 class Say(BaseModel):
     text: str
-    flush: bool = False
+    flush: StrictBool = False
 
 
 @router.websocket("/ws/v1/session")

@@ -9,7 +9,7 @@ import json
 import logging
 
 from fastapi import APIRouter, Depends, Request, Response, WebSocket
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from cosyvoice import Audio, AudioStream, Mode, SpeechParams, SynthesisError
@@ -41,9 +41,9 @@ class TtsRequest(BaseModel):
     instruct_text: str = ""
     source_wav_path: str = Field("", description="vc: a file inside the server's prompt directory.")
     source_audio_base64: str = Field("", description="vc: source audio instead of a path.")
-    stream: bool = False
-    speed: float = Field(1.0, ge=0.5, le=2.0)
-    seed: int = Field(0, ge=0, description="0: random; >0: reproducible output on the same engine.")
+    stream: StrictBool = False
+    speed: StrictFloat = Field(1.0, ge=0.5, le=2.0)
+    seed: StrictInt = Field(0, ge=0, description="0: random; >0: reproducible output on the same engine.")
 
 
 @router.get("/v1/speakers")

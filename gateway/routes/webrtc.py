@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictFloat
 
 from cosyvoice import InvalidRequest
 from gateway.auth import caller_of
@@ -61,7 +61,7 @@ class Offer(BaseModel):
     type: str = "offer"
     voice: str | None = None
     mode: str | None = None
-    speed: float | None = None
+    speed: StrictFloat | None = None
     text: str | None = None
 
 
